@@ -1,0 +1,1 @@
+"""Decoding, scoring and hallucination guards."""
