@@ -1,0 +1,194 @@
+"""Offline corpora built on this machine: no download, deterministic, cached, atomic.
+
+``make(name, limit=None) -> Path`` returns a shard folder (index.json + tars) under
+``westkit.paths.data_dir()/name`` (``name-limitN`` with a limit), building it once:
+
+| name            | what                                                                      |
+| --------------- | ------------------------------------------------------------------------- |
+| asterisk-test   | real speech: half of the Asterisk English prompts (one speaker, G.722)     |
+| asterisk-adapt  | text only: the transcripts of the other half (domain adaptation text)      |
+| general-train   | espeak-ng speech of the general sentences, 2 renditions (voice/rate/pitch) |
+| general-test    | espeak-ng speech of held-out general sentences                             |
+| special-text    | text only: specialised-domain sentences (drug names, astronomy)            |
+| special-tts     | espeak-ng speech of special-text (the TTS adaptation set)                  |
+| special-test    | held-out specialised sentences, in a voice never used for training audio   |
+
+Splits are decided by a hash of the sentence (or prompt name), so they are stable when a list
+grows. Voice, rate and pitch come from a generator seeded by the corpus and item, so a rebuild
+gives byte-identical shards. Building writes into a temporary folder and renames it into place
+under a file lock, so concurrent callers (several test workers, several ranks) build once.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from filelock import FileLock
+
+from westkit import paths
+from westkit.data.audio import BadInput, conform
+from westkit.data.shards import INDEX, Entry, write_shards
+
+NAMES = ("asterisk-test", "asterisk-adapt", "general-train", "general-test",
+         "special-text", "special-tts", "special-test")
+
+ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
+ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
+# espeak-ng voices and variants used for training audio; the held-out voice (accent and variant
+# both unused above) speaks special-test, so that test measures the domain, not the voice
+TRAIN_VOICES = ("en-us", "en", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-us-nyc")
+TRAIN_VARIANTS = ("", "+m1", "+m3", "+f1", "+f2", "+f4")
+HELDOUT_VOICE = "en-gb-scotland+f3"
+TEST_FRACTION = {"general": 0.2, "special": 0.25}
+LICENCES = {"asterisk": "CC-BY-SA-3.0 (Asterisk core sounds, Digium/Allison Smith)",
+            "espeak": "audio synthesised with espeak-ng (GPL-3 tool); audio and sentences: project licence"}
+
+
+@dataclass(frozen=True)
+class Espeak:
+    """Audio made on demand by espeak-ng (picklable, so pool workers synthesise in parallel)."""
+    text: str
+    voice: str
+    rate: int = 160
+    pitch: int = 50
+
+    def load(self) -> np.ndarray:
+        """(T,) float32 at 16 kHz."""
+        cmd = ["espeak-ng", "-v", self.voice, "-s", str(self.rate), "-p", str(self.pitch), "--stdout", self.text]
+        proc = subprocess.run(cmd, capture_output=True)
+        if proc.returncode != 0 or len(proc.stdout) <= 44:
+            raise BadInput("unreadable_audio", f"espeak-ng failed: {proc.stderr.decode(errors='replace')[:200]}")
+        wav = proc.stdout
+        # --stdout writes a streaming WAV whose size fields are placeholders: read the fixed
+        # 44-byte header's rate and take everything after it as 16-bit mono PCM
+        rate = int.from_bytes(wav[24:28], "little")
+        pcm = np.frombuffer(wav[44:44 + (len(wav) - 44) // 2 * 2], dtype="<i2")
+        return conform(pcm.astype(np.float32) / 32768.0, rate)
+
+
+def sentences(domain: str) -> list[str]:
+    """The shipped sentence list ``general`` or ``special`` (westkit/data/sentences/DOMAIN.txt)."""
+    text = resources.files("westkit.data").joinpath("sentences", f"{domain}.txt").read_text(encoding="utf-8")
+    return [s.strip() for s in text.splitlines() if s.strip()]
+
+
+def _is_test(item: str, fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha1(item.encode()).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+def _split(domain: str, test: bool) -> list[str]:
+    return [s for s in sentences(domain) if _is_test(s, TEST_FRACTION[domain]) == test]
+
+
+def _voice(rng: random.Random) -> tuple[str, int, int]:
+    return (rng.choice(TRAIN_VOICES) + rng.choice(TRAIN_VARIANTS), rng.randint(130, 190), rng.randint(30, 70))
+
+
+def _synth(name: str, domain: str, texts: list[str], renditions: int, heldout: bool) -> Iterator[Entry]:
+    for i, text in enumerate(texts):
+        for r in range(renditions):
+            rng = random.Random(f"{name}/{i}/{r}")
+            voice, rate, pitch = ((HELDOUT_VOICE, rng.randint(140, 170), rng.randint(40, 60)) if heldout
+                                  else _voice(rng))
+            yield Entry(key=f"{name}-{i:04d}-{r}", text=text, audio=Espeak(text, voice, rate, pitch),
+                        speaker=voice, source=name, input=f"sentences/{domain}.txt", line=i + 1)
+
+
+def _text_only(name: str, domain: str, texts: list[str]) -> Iterator[Entry]:
+    for i, text in enumerate(texts):
+        yield Entry(key=f"{name}-{i:04d}", text=text, source=name, input=f"sentences/{domain}.txt", line=i + 1)
+
+
+def asterisk_prompts() -> list[tuple[str, str, Path, int]]:
+    """(prompt name, normalised transcript, .g722 path, transcript line) for prompts with both, by name."""
+    if not ASTERISK_TRANSCRIPTS.is_file() or not ASTERISK_SOUNDS.is_dir():
+        raise ValueError("Asterisk prompts not installed: apt-get install asterisk-core-sounds-en "
+                         "asterisk-core-sounds-en-g722 (launch/bootstrap.sh does it)")
+    out = []
+    with gzip.open(ASTERISK_TRANSCRIPTS, "rt", encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            name, sep, text = line.partition(":")
+            if line.startswith(";") or not sep or " " in name.strip():
+                continue
+            text = normalise_prompt(text)
+            audio = ASTERISK_SOUNDS / f"{name.strip()}.g722"
+            if text and audio.is_file():
+                out.append((name.strip(), text, audio, n))
+    return sorted(out)
+
+
+def normalise_prompt(text: str) -> str:
+    """Transcript cleanup: drop bracketed notes ("[beep]") and collapse whitespace."""
+    text = re.sub(r"\[[^\]]*\]|\([^)]*\)", " ", text)
+    return " ".join(text.split())
+
+
+def _asterisk(name: str, test: bool) -> Iterator[Entry]:
+    for prompt, text, audio, line in asterisk_prompts():
+        if _is_test(prompt, 0.5) == test:
+            yield Entry(key=f"asterisk-{prompt}", text=text, audio=audio if test else None,
+                        speaker="allison" if test else "", source=name, input=str(ASTERISK_TRANSCRIPTS),
+                        line=line)
+
+
+def _entries(name: str) -> Iterator[Entry]:
+    if name == "asterisk-test":
+        return _asterisk(name, test=True)
+    if name == "asterisk-adapt":
+        return _asterisk(name, test=False)
+    if name == "general-train":
+        return _synth(name, "general", _split("general", False), renditions=2, heldout=False)
+    if name == "general-test":
+        return _synth(name, "general", _split("general", True), renditions=1, heldout=False)
+    if name == "special-text":
+        return _text_only(name, "special", _split("special", False))
+    if name == "special-tts":
+        return _synth(name, "special", _split("special", False), renditions=1, heldout=False)
+    if name == "special-test":
+        return _synth(name, "special", _split("special", True), renditions=1, heldout=True)
+    raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(NAMES)}")
+
+
+def make(name: str, limit: int | None = None, workers: int | None = None, progress: bool = True) -> Path:
+    """The shard folder of corpus ``name`` (first ``limit`` utterances), built once and cached.
+
+    The folder also holds corpus.json: name, limit, licence and how long the build took.
+    """
+    if name not in NAMES:
+        raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(NAMES)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"corpus {name}: limit must be a positive number of utterances, got {limit}")
+    folder = paths.data_dir() / (name if limit is None else f"{name}-limit{limit}")
+    if (folder / INDEX).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / INDEX).is_file():  # built by another process while we waited
+            return folder
+        tmp = folder.parent / f".{folder.name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        entries = list(_entries(name))[:limit]
+        start = time.perf_counter()
+        summary = write_shards(entries, tmp, prefix=name, shard_bytes=8 * 2**20, workers=workers,
+                               progress=progress, total=len(entries), strict=True)
+        seconds = time.perf_counter() - start
+        meta = {"name": name, "limit": limit, "utterances": summary.written, "audio_seconds": round(summary.duration, 2),
+                "build_seconds": round(seconds, 2),
+                "licence": LICENCES["asterisk" if name.startswith("asterisk") else "espeak"]}
+        (tmp / "corpus.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if folder.exists():  # a stale folder without index.json (a crash before the rename)
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    return folder

@@ -1,0 +1,343 @@
+"""The streaming loader: a global batch plan from metadata, dealt to ranks, read by workers.
+
+How it works (and why the guarantees hold):
+
+1. `Catalog` reads the index.json of every shard folder: per sample its shard, duration, text
+   length and the byte offsets of its members. Filters (duration, text length) apply here.
+2. `plan_epoch` decides every batch of one epoch from that metadata alone (Lhotse's principle):
+   seeded by (seed, epoch) it shuffles the shard order, mixes the samples of ``shuffle_window``
+   consecutive shards, sorts them into duration buckets and fills batches while
+   ``batch size x longest duration <= max_batch_seconds`` and ``size <= max_batch_size``
+   (text-only samples are batched apart, by ``max_batch_size``). The batch order is shuffled too.
+3. The plan is evened out for ``world_size`` ranks: training drops the last ``n % world_size``
+   batches (the next epoch's plan differs, so nothing is lost for good); evaluation splits the
+   largest batches until the count divides evenly, so every sample is seen exactly once. Rank r
+   takes batches r, r + world_size, ... Every rank therefore yields the same number of batches,
+   whatever the shard sizes, and training repeats epochs forever (training is by steps).
+4. A `torch.utils.data.DataLoader` asks for planned batches by (epoch, position); its workers
+   read members with one ``pread`` each, run `westkit.data.pipeline.STEPS` and collate.
+5. The loader's state is the (epoch, position) of the next batch it will hand out, so
+   ``load_state_dict`` resumes with exactly the batches the uninterrupted run would have seen.
+
+Damaged shards (truncated tar, corrupt member) lose only the affected samples; each is counted
+and logged, and past ``max_read_errors`` per worker the loader fails with a clear message.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from westkit.data.pipeline import collate, run_steps
+from westkit.data.shards import DURATION, FLAC_OFFSET, FLAC_SIZE, INDEX, JSON_OFFSET, JSON_SIZE, N_CHARS, read_index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoaderConfig:
+    """What to read and how to batch it.
+
+    shards: shard folders (with index.json), globs of ``*.tar`` inside such folders, or paths to
+        index.json files. max_batch_seconds bounds the padded audio per batch (size x longest).
+    buckets: duration bucket upper edges in seconds; samples are batched within a bucket.
+    shuffle_window: how many consecutive (shuffled) shards have their samples mixed together;
+        larger mixes better, smaller reads more locally.
+    """
+    shards: list[str] = field(default_factory=list)
+    max_batch_seconds: float = 200.0
+    max_batch_size: int = 32
+    min_duration: float = 0.1
+    max_duration: float = 30.0
+    min_text_chars: int = 1
+    max_text_chars: int = 2000
+    buckets: list[float] = field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0, 11.0, 15.0, 20.0, 30.0])
+    shuffle: bool = True
+    shuffle_window: int = 16
+    seed: int = 0
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    pin_memory: bool = False
+    max_read_errors: int = 100
+
+
+class Catalog:
+    """Metadata of every sample that passes the filters, as flat arrays (no audio is read).
+
+    Attributes: paths (shard files), shard (N,) int, duration (N,) float, has_audio (N,) bool,
+    rows (N, 4) int64 [json_offset, json_size, flac_offset, flac_size], keys list[str],
+    bounds (S + 1,) where shard s holds ids bounds[s]:bounds[s + 1].
+    """
+
+    def __init__(self, cfg: LoaderConfig):
+        if not cfg.shards:
+            raise ValueError("data config: `shards` is empty; list shard folders (with index.json) "
+                             "or globs of their .tar files")
+        self.paths: list[str] = []
+        keys, shard, dur, nchars, rows = [], [], [], [], []
+        for folder, names in _resolve_shards(cfg.shards):
+            index = read_index(folder)
+            by_name = {s["name"]: s for s in index["shards"]}
+            for name in names if names is not None else list(by_name):
+                if name not in by_name:
+                    raise ValueError(f"{folder / name} is not listed in {folder / INDEX}; "
+                                     "re-index the folder with `westkit-shards --index`")
+                for r in by_name[name]["samples"]:
+                    keys.append(r[0])
+                    shard.append(len(self.paths))
+                    dur.append(r[DURATION])
+                    nchars.append(r[N_CHARS])
+                    rows.append((r[JSON_OFFSET], r[JSON_SIZE], r[FLAC_OFFSET], r[FLAC_SIZE]))
+                self.paths.append(str(folder / name))
+        dur, nchars = np.asarray(dur, dtype=np.float64), np.asarray(nchars)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+        has_audio = rows[:, 2] >= 0
+        keep = ((~has_audio | ((dur >= cfg.min_duration) & (dur <= cfg.max_duration)))
+                & (nchars >= cfg.min_text_chars) & (nchars <= cfg.max_text_chars))
+        if not keep.any():
+            raise ValueError(f"data config: no sample of {len(keep)} in {cfg.shards} passes the filters "
+                             f"(duration {cfg.min_duration}-{cfg.max_duration} s, text "
+                             f"{cfg.min_text_chars}-{cfg.max_text_chars} chars)")
+        if (~keep).any():
+            log.warning("data: %d of %d samples filtered out by duration/text length", (~keep).sum(), len(keep))
+        idx = np.flatnonzero(keep)
+        self.keys = [keys[i] for i in idx]
+        self.shard = np.asarray(shard, dtype=np.int64)[idx]
+        self.duration = dur[idx]
+        self.has_audio = has_audio[idx]
+        self.rows = rows[idx]
+        # samples are stored shard by shard, so shard s owns ids bounds[s]:bounds[s + 1]
+        self.bounds = np.searchsorted(self.shard, np.arange(len(self.paths) + 1))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _resolve_shards(specs: list[str]) -> list[tuple[Path, list[str] | None]]:
+    """Shard specs -> [(folder with index.json, shard names or None for all)]."""
+    out: list[tuple[Path, list[str] | None]] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            out.append((p, None))
+        elif p.name == INDEX and p.is_file():
+            out.append((p.parent, None))
+        else:
+            matches = sorted(glob.glob(spec))
+            if not matches:
+                raise ValueError(f"data config: shards entry {spec!r} matches nothing; give a shard "
+                                 "folder, a glob of .tar files, or an index.json path")
+            groups: dict[Path, list[str]] = {}
+            for m in matches:
+                mp = Path(m)
+                if mp.is_dir():
+                    out.append((mp, None))
+                else:
+                    groups.setdefault(mp.parent, []).append(mp.name)
+            out.extend(groups.items())
+    return out
+
+
+def plan_epoch(cat: Catalog, cfg: LoaderConfig, epoch: int, world_size: int, train: bool) -> list[np.ndarray]:
+    """All batches of one epoch for all ranks (sample ids into ``cat``), evened for ``world_size``.
+
+    Pure function of the metadata, the config, the epoch and the world size.
+    """
+    rng = np.random.default_rng([cfg.seed, epoch])
+    shuffle = cfg.shuffle and train
+    n_shards = len(cat.paths)
+    shard_order = rng.permutation(n_shards) if shuffle else np.arange(n_shards)
+    by_shard = [np.arange(cat.bounds[s], cat.bounds[s + 1]) for s in range(n_shards)]
+    edges = np.asarray(sorted(cfg.buckets), dtype=np.float64)
+    window = max(1, cfg.shuffle_window)
+    batches: list[np.ndarray] = []
+    for w in range(0, n_shards, window):
+        ids = np.concatenate([by_shard[s] for s in shard_order[w:w + window]])
+        if shuffle:
+            ids = rng.permutation(ids)
+        wb = _fill(ids[cat.has_audio[ids]], cat.duration, edges, cfg)
+        text = ids[~cat.has_audio[ids]]
+        wb += [text[i:i + cfg.max_batch_size] for i in range(0, len(text), cfg.max_batch_size)]
+        if shuffle:
+            wb = [wb[i] for i in rng.permutation(len(wb))]
+        batches += wb
+    return _even(batches, world_size, train)
+
+
+def _fill(ids: np.ndarray, duration: np.ndarray, edges: np.ndarray, cfg: LoaderConfig) -> list[np.ndarray]:
+    """Greedy batches within duration buckets: size x longest <= max_batch_seconds."""
+    if len(ids) == 0:
+        return []
+    bucket = np.searchsorted(edges, duration[ids], side="left")
+    ids = ids[np.argsort(bucket, kind="stable")]  # stable: keeps the shuffle within a bucket
+    bucket = np.sort(bucket, kind="stable")
+    out, cur, longest = [], [], 0.0
+    for i, b in zip(ids.tolist(), bucket.tolist()):
+        d = float(duration[i])
+        if cur and (b != cur_bucket or len(cur) >= cfg.max_batch_size
+                    or (len(cur) + 1) * max(longest, d) > cfg.max_batch_seconds):
+            out.append(np.asarray(cur))
+            cur, longest = [], 0.0
+        if not cur:
+            cur_bucket = b
+        cur.append(i)
+        longest = max(longest, d)
+    out.append(np.asarray(cur))
+    return out
+
+
+def _even(batches: list[np.ndarray], world_size: int, train: bool) -> list[np.ndarray]:
+    """Make the batch count a multiple of world_size (see the module docstring, point 3)."""
+    n = len(batches)
+    if n % world_size == 0:
+        return batches
+    if train and n >= world_size:
+        return batches[:n - n % world_size]
+    batches = list(batches)
+    if sum(len(b) for b in batches) < world_size:
+        raise ValueError(f"data: {sum(len(b) for b in batches)} samples cannot give each of "
+                         f"{world_size} ranks a batch; use more data or fewer processes")
+    while len(batches) % world_size:
+        i = max(range(len(batches)), key=lambda j: len(batches[j]))
+        b = batches[i]
+        batches[i:i + 1] = [b[:len(b) // 2], b[len(b) // 2:]]
+    return batches
+
+
+class PlannedBatches(Dataset):
+    """Map-style dataset: ``ds[(epoch, position)]`` is this rank's planned batch, read and collated."""
+
+    def __init__(self, cat: Catalog, cfg: LoaderConfig, rank: int, world_size: int, train: bool):
+        self.cat, self.cfg, self.rank, self.world_size, self.train = cat, cfg, rank, world_size, train
+        self._plans: dict[int, list[np.ndarray]] = {}
+        self._fds: dict[int, int] = {}
+        self.errors = 0
+
+    def plan(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches of ``epoch`` (sample ids)."""
+        if epoch not in self._plans:
+            if len(self._plans) > 2:
+                self._plans.pop(min(self._plans))
+            self._plans[epoch] = plan_epoch(self.cat, self.cfg, epoch, self.world_size, self.train)[
+                self.rank::self.world_size]
+        return self._plans[epoch]
+
+    def __getitem__(self, index: tuple[int, int]) -> dict:
+        epoch, pos = index
+        plan = self.plan(epoch)
+        # a batch whose every sample is unreadable is replaced by the next planned one, so the
+        # batch count (and the other ranks' step count) never changes
+        for k in range(len(plan)):
+            samples = [s for s in map(self._read, plan[(pos + k) % len(plan)].tolist()) if s is not None]
+            if samples:
+                return collate(samples)
+        raise RuntimeError("data: no readable sample in this rank's plan; check the shards")
+
+    def _read(self, i: int) -> dict | None:
+        shard = int(self.cat.shard[i])
+        j_off, j_size, f_off, f_size = self.cat.rows[i].tolist()
+        try:
+            raw = {"key": self.cat.keys[i], "json": self._pread(shard, j_off, j_size),
+                   "flac": self._pread(shard, f_off, f_size) if f_off >= 0 else None}
+            return run_steps(raw)
+        except Exception as e:  # damaged shard: skip and count, within the budget
+            self.errors += 1
+            log.warning("data: skipped %s in %s: %s", self.cat.keys[i], self.cat.paths[shard], e)
+            if self.errors > self.cfg.max_read_errors:
+                raise RuntimeError(f"data: {self.errors} unreadable samples in this worker, over "
+                                   f"max_read_errors={self.cfg.max_read_errors} (last: {self.cat.keys[i]} in "
+                                   f"{self.cat.paths[shard]}: {e}); rewrite the damaged shards or raise "
+                                   "max_read_errors") from e
+            return None
+
+    def _pread(self, shard: int, offset: int, size: int) -> bytes:
+        if shard not in self._fds:
+            self._fds[shard] = os.open(self.cat.paths[shard], os.O_RDONLY)
+        data = os.pread(self._fds[shard], size, offset)
+        if len(data) != size:
+            raise OSError(f"truncated shard: wanted {size} bytes at {offset}, got {len(data)}")
+        return data
+
+    def __getstate__(self):  # file descriptors do not cross into workers
+        return dict(self.__dict__, _fds={})
+
+
+class _Positions(Sampler):
+    """(epoch, position) pairs from a start point: forever for training, one pass for eval."""
+
+    def __init__(self, ds: PlannedBatches, epoch: int, pos: int):
+        self.ds, self.epoch, self.pos = ds, epoch, pos
+
+    def __iter__(self):
+        epoch, pos = self.epoch, self.pos
+        while True:
+            n = len(self.ds.plan(epoch))
+            for p in range(pos, n):
+                yield epoch, p
+            if not self.ds.train:
+                return
+            epoch, pos = epoch + 1, 0
+
+
+def _as_is(batch):
+    return batch
+
+
+class Loader:
+    """Iterable of batches (the batch schema in `westkit.data.pipeline`) for one rank.
+
+    Training loaders never end; evaluation loaders make one pass per ``iter()``. Every rank
+    yields the same number of batches. ``state_dict()`` is the position of the next batch.
+    """
+
+    def __init__(self, cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"data: rank {rank} outside world size {world_size}")
+        self.cfg, self.rank, self.world_size, self.train = cfg, rank, world_size, train
+        self.catalog = Catalog(cfg)
+        self.dataset = PlannedBatches(self.catalog, cfg, rank, world_size, train)
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current epoch (the whole pass for evaluation)."""
+        return len(self.dataset.plan(self.epoch))
+
+    def __iter__(self):
+        start = (self.epoch, self.position) if self.train else (0, 0)
+        self.dataset.errors = 0  # the read-error budget is per pass (and per worker)
+        dl = DataLoader(self.dataset, batch_size=None, sampler=_Positions(self.dataset, *start),
+                        num_workers=self.cfg.num_workers, collate_fn=_as_is,
+                        pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+                        prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None)
+        for batch in dl:
+            self.position += 1
+            if self.position >= len(self.dataset.plan(self.epoch)):
+                self.epoch, self.position = self.epoch + 1, 0
+            yield batch
+        if not self.train:
+            self.epoch, self.position = 0, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "world_size": self.world_size,
+                "seed": self.cfg.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["world_size"] != self.world_size or state["seed"] != self.cfg.seed:
+            # positions index a plan made for another world size/seed: restart at the next epoch
+            log.warning("data: resuming with world size %d/seed %d instead of %d/%d: starting "
+                        "epoch %d from its beginning", self.world_size, self.cfg.seed,
+                        state["world_size"], state["seed"], state["epoch"] + 1)
+            self.epoch, self.position = state["epoch"] + 1, 0
+        else:
+            self.epoch, self.position = state["epoch"], state["position"]
+
+
+def build_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: bool = True) -> Loader:
+    """The loader for one rank: see `Loader` and the module docstring for its guarantees."""
+    return Loader(cfg, rank, world_size, train)

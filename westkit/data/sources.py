@@ -1,0 +1,199 @@
+"""Input formats -> `Entry` streams for the shard writer. Readers only parse; they never load audio.
+
+Formats (``FORMATS``; ``detect`` picks one from the path):
+    jsonl        WeST: one ``{"wav": path, "txt": text}`` per line, optional "key", "lang",
+                 "speaker"; a line without "wav" is a text-only sample. Relative paths are
+                 relative to the jsonl's folder.
+    csv          Whisper-CLI ``metadata.csv`` with columns file_name,transcription (paths
+                 relative to its folder).
+    dir          a folder of audio files with a ``.txt`` transcript beside each (same stem).
+    librispeech  a LibriSpeech tree: ``*/*/*.trans.txt`` lines "ID TEXT" + ``ID.flac``.
+    kaldi        a Kaldi data folder (or its wav.scp): ``wav.scp`` "UTT PATH" + ``text``
+                 "UTT WORDS", optional ``utt2spk``. Only plain paths: a piped command or an
+                 ark offset is rejected with its reason.
+    text         one sentence per line: text-only samples.
+A problem found while parsing (bad UTF-8, a malformed line, a piped command) becomes an Entry
+with ``problem`` set, so the writer reports it with its file and line like any other.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+from westkit.data.shards import Entry
+
+FORMATS = ("jsonl", "csv", "dir", "librispeech", "kaldi", "text")
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".g722", ".aiff", ".au")
+
+
+def detect(path: str | Path) -> str:
+    """The input format of ``path`` (see the module docstring); ValueError if it cannot tell."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "wav.scp").is_file():
+            return "kaldi"
+        if (p / "metadata.csv").is_file():
+            return "csv"
+        if next(p.glob("*/*/*.trans.txt"), None) is not None:
+            return "librispeech"
+        return "dir"
+    if p.name == "wav.scp":
+        return "kaldi"
+    if p.suffix == ".jsonl" or p.suffix == ".json":
+        return "jsonl"
+    if p.suffix == ".csv":
+        return "csv"
+    if p.suffix == ".txt":
+        return "text"
+    raise ValueError(f"{path}: cannot tell the input format; pass --format with one of {', '.join(FORMATS)}")
+
+
+def read(path: str | Path, fmt: str = "auto", lang: str = "en", source: str | None = None) -> Iterator[Entry]:
+    """Entries of one input in the given (or detected) format."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"input {path} does not exist")
+    fmt = detect(p) if fmt == "auto" else fmt
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown input format {fmt!r}; choose one of auto, {', '.join(FORMATS)}")
+    source = source or (p.stem if p.is_file() else p.name)
+    return {"jsonl": _jsonl, "csv": _csv, "dir": _dir, "librispeech": _librispeech,
+            "kaldi": _kaldi, "text": _text}[fmt](p, lang, source)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, decoded line or None if not UTF-8, detail) for each non-blank line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                yield n, None, f"not UTF-8 ({e.reason} at byte {e.start})"
+                continue
+            if line.strip():
+                yield n, line, ""
+
+
+def _bad(path: Path, n: int, reason: str, detail: str, key: str = "") -> Entry:
+    return Entry(key=key or f"{path.stem}-line{n}", text="", input=str(path), line=n, problem=(reason, detail))
+
+
+def _resolve(base: Path, audio: str) -> str:
+    p = Path(audio)
+    return str(p if p.is_absolute() else base / p)
+
+
+def _jsonl(path: Path, lang: str, source: str) -> Iterator[Entry]:
+    for n, line, detail in _lines(path):
+        if line is None:
+            yield _bad(path, n, "bad_encoding", detail)
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield _bad(path, n, "bad_line", f"not JSON: {e}")
+            continue
+        text = obj.get("txt", obj.get("text")) if isinstance(obj, dict) else None
+        wav = obj.get("wav") if isinstance(obj, dict) else None
+        if not isinstance(text, str) or not (wav is None or isinstance(wav, str)):
+            yield _bad(path, n, "bad_line", 'expected {"wav": path, "txt": text}')
+            continue
+        key = str(obj.get("key") or (Path(wav).stem if wav else f"{path.stem}-{n:08d}"))
+        yield Entry(key=key, text=text, audio=_resolve(path.parent, wav) if wav else None,
+                    lang=str(obj.get("lang", lang)), speaker=str(obj.get("speaker", "")),
+                    source=source, input=str(path), line=n)
+
+
+def _csv(path: Path, lang: str, source: str) -> Iterator[Entry]:
+    if path.is_dir():
+        path = path / "metadata.csv"
+    header = None
+    for n, line, detail in _lines(path):
+        if line is None:
+            yield _bad(path, n, "bad_encoding", detail)
+            continue
+        row = next(csv.reader([line]))
+        if header is None:
+            header = [c.strip() for c in row]
+            if "file_name" not in header or "transcription" not in header:
+                raise ValueError(f"{path}:{n}: expected a header with file_name,transcription, got {line!r}")
+            continue
+        rec = dict(zip(header, row))
+        if len(row) != len(header):
+            yield _bad(path, n, "bad_line", f"{len(row)} fields, header has {len(header)}")
+            continue
+        audio = rec["file_name"].strip()
+        yield Entry(key=Path(audio).stem, text=rec["transcription"], audio=_resolve(path.parent, audio),
+                    lang=rec.get("lang", lang) or lang, speaker=rec.get("speaker", ""), source=source,
+                    input=str(path), line=n)
+
+
+def _dir(path: Path, lang: str, source: str) -> Iterator[Entry]:
+    for audio in sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTS):
+        txt = audio.with_suffix(".txt")
+        key = str(audio.relative_to(path).with_suffix(""))
+        if not txt.is_file():
+            yield Entry(key=key, text="", input=str(audio), problem=("missing_text", f"no {txt.name} beside it"))
+            continue
+        try:
+            text = txt.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield Entry(key=key, text="", input=str(txt), problem=("bad_encoding", f"not UTF-8 ({e.reason})"))
+            continue
+        yield Entry(key=key, text=text, audio=str(audio), lang=lang, source=source, input=str(txt), line=1)
+
+
+def _librispeech(path: Path, lang: str, source: str) -> Iterator[Entry]:
+    for trans in sorted(path.rglob("*.trans.txt")):
+        for n, line, detail in _lines(trans):
+            if line is None:
+                yield _bad(trans, n, "bad_encoding", detail)
+                continue
+            utt, _, text = line.partition(" ")
+            yield Entry(key=utt, text=text, audio=str(trans.parent / f"{utt}.flac"), lang=lang,
+                        speaker=utt.split("-")[0], source=source, input=str(trans), line=n)
+
+
+def _kaldi_table(path: Path) -> dict[str, str]:
+    table = {}
+    if path.is_file():
+        for _, line, _ in _lines(path):
+            if line is not None:
+                k, _, v = line.strip().partition(" ")
+                table[k] = v.strip()
+    return table
+
+
+def _kaldi(path: Path, lang: str, source: str) -> Iterator[Entry]:
+    folder = path.parent if path.is_file() else path
+    scp = folder / "wav.scp"
+    if not (folder / "text").is_file():
+        raise ValueError(f"{folder}: a Kaldi data folder needs wav.scp and text; text is missing")
+    texts, spk = _kaldi_table(folder / "text"), _kaldi_table(folder / "utt2spk")
+    for n, line, detail in _lines(scp):
+        if line is None:
+            yield _bad(scp, n, "bad_encoding", detail)
+            continue
+        utt, _, wav = line.strip().partition(" ")
+        wav = wav.strip()
+        if wav.endswith("|") or wav.startswith("|"):
+            yield _bad(scp, n, "piped_entry", "a command pipe; convert that audio to a file first "
+                       "(e.g. run the command into a .wav) and list the file", key=utt)
+        elif not wav or re.search(r"\.ark:\d+$", wav):
+            yield _bad(scp, n, "bad_line", f"unsupported wav.scp entry {wav!r}: plain audio paths only", key=utt)
+        elif utt not in texts:
+            yield _bad(scp, n, "missing_text", f"utterance {utt} has no line in {folder / 'text'}", key=utt)
+        else:
+            yield Entry(key=utt, text=texts[utt], audio=_resolve(folder, wav), lang=lang,
+                        speaker=spk.get(utt, ""), source=source, input=str(scp), line=n)
+
+
+def _text(path: Path, lang: str, source: str) -> Iterator[Entry]:
+    for n, line, detail in _lines(path):
+        if line is None:
+            yield _bad(path, n, "bad_encoding", detail)
+            continue
+        yield Entry(key=f"{path.stem}-{n:08d}", text=line, lang=lang, source=source, input=str(path), line=n)
