@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` models (no distributed code): Whisper encoder helpers, projectors, WeST."""

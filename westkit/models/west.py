@@ -1,0 +1,263 @@
+"""WeST / SLAM-ASR: a frozen Whisper encoder, a trainable projector and a (frozen) causal LLM.
+
+One utterance becomes one chat turn in the LLM's own chat template::
+
+    <prompt prefix ids> <audio embeddings, one per projector frame> <prompt suffix ids> | <transcript ids> <end-of-turn>
+
+where the user message of the template holds the placeholder ``<audio>``. Loss is on the transcript
+and the end-of-turn token only; the end-of-turn target is never masked, even when the
+tokenizer's pad token is the same token (SmolLM2, Qwen2: pad = eos = ``<|im_end|>``), because
+which positions are padding comes from the lengths, never from token ids. Batches are
+left-padded with explicit position ids, the same layout for training and generation, so a row's
+numbers do not depend on its neighbours.
+
+Freezing is the engine's job (``train.trainable: ["projector.*"]``); this module only keeps the
+encoder out of autograd (`WhisperAudioEncoder` runs under ``torch.no_grad``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+from torch import nn
+
+from westkit.models.projector import ProjectorConfig, build_projector
+from westkit.models.whisper import WhisperAudioEncoder, load_whisper_encoder
+from westkit.train.losses import IGNORE_INDEX as IGNORE, token_cross_entropy
+
+AUDIO = "<audio>"
+
+
+@dataclasses.dataclass
+class LoraSettings:
+    """PEFT LoRA on the LLM; its parameters are named ``llm.*lora_*`` for ``train.trainable``."""
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclasses.dataclass
+class WestConfig:
+    """The ``model`` section of a west recipe config."""
+    encoder: str = "whisper-tiny.en"          # built-in asset name, hub id or local folder
+    llm: str = "smollm2-135m-instruct"        # any causal LM with a chat template
+    projector: ProjectorConfig = dataclasses.field(default_factory=ProjectorConfig)
+    lora: LoraSettings | None = None
+    prompt: str = "Transcribe the audio: <audio>"   # user message; must hold <audio> once
+    system: str | None = "You are a speech recognizer. Reply with the transcript only."
+    pad_to_30s: bool = False                  # Whisper's 30 s window (WeST v1), for comparison
+    llm_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the LLM's load dtype
+
+
+class ChatPrompt:
+    """The prompt around the audio, rendered once by the tokenizer's own chat template.
+
+    ``prefix`` and ``suffix`` are the token ids before and after the audio placeholder (the
+    suffix ends with the template's generation prompt); ``eot`` is the token that ends the
+    assistant's turn (``<|im_end|>``, ``<|eot_id|>``, ...) and is the stop token in decoding.
+    """
+
+    def __init__(self, tokenizer, prompt: str, system: str | None):
+        if prompt.count(AUDIO) != 1:
+            raise ValueError(f"model.prompt: must contain {AUDIO} exactly once, got {prompt!r}")
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"model.llm: tokenizer {tokenizer.name_or_path!r} has no chat template; "
+                             "use an instruct/chat model")
+        self.tokenizer = tokenizer
+        messages = ([{"role": "system", "content": system}] if system else [])
+        messages.append({"role": "user", "content": prompt})
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        pre, post = text.split(AUDIO)
+        self.prefix = self._ids(pre)
+        self.suffix = self._ids(post)
+        # the end-of-turn token: the first special token the template puts after a reply
+        sentinel = "XQZSENTINEL"
+        full = tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": sentinel}], tokenize=False)
+        tail = self._ids(full.split(sentinel, 1)[1])
+        special = set(tokenizer.all_special_ids)
+        eot = next((t for t in tail if t in special), tail[0] if tail else tokenizer.eos_token_id)
+        if eot is None:
+            raise ValueError(f"model.llm: cannot find the end-of-turn token of {tokenizer.name_or_path!r}")
+        self.eot = eot
+        self.stop_ids = sorted({eot} | ({tokenizer.eos_token_id} - {None}))
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def target(self, text: str) -> list[int]:
+        """Transcript ids followed by the end-of-turn id: what the model learns to say."""
+        return self._ids(text) + [self.eot]
+
+    def decode(self, ids: list[int]) -> str:
+        """Generated ids (stop token excluded) -> transcript text."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+class WestModel(nn.Module):
+    """Speech -> text with an LLM. ``forward(batch) -> {"loss", "num_tokens", "audio_seconds", ...}``.
+
+    batch: ``audio`` (B, T) float zero-padded at 16 kHz, ``audio_lens`` (B,), ``texts`` list[str].
+    Submodules: ``encoder`` (frozen Whisper), ``projector`` (trainable), ``llm`` (causal LM,
+    optionally wrapped by PEFT LoRA).
+    """
+
+    def __init__(self, encoder: WhisperAudioEncoder, projector: nn.Module, llm: nn.Module,
+                 prompt: ChatPrompt):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.llm = llm
+        self.prompt = prompt
+        self.pad_id = prompt.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = prompt.eot  # only ever fed at masked positions
+
+    @classmethod
+    def from_config(cls, cfg: WestConfig) -> WestModel:
+        """Load the pretrained encoder and LLM named in ``cfg`` and a fresh projector."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from westkit.assets import resolve
+
+        encoder = WhisperAudioEncoder(load_whisper_encoder(cfg.encoder), pad_to_30s=cfg.pad_to_30s)
+        path = resolve(cfg.llm)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        llm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.llm_dtype))
+        return cls.assemble(cfg, encoder, llm, tokenizer)
+
+    @classmethod
+    def assemble(cls, cfg: WestConfig, encoder: WhisperAudioEncoder, llm: nn.Module,
+                 tokenizer) -> WestModel:
+        """Projector (from ``cfg.projector``) and optional LoRA around given encoder and LLM."""
+        projector = build_projector(cfg.projector, encoder.dim, llm.get_input_embeddings().embedding_dim)
+        if cfg.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            llm = get_peft_model(llm, LoraConfig(
+                r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM"))
+        return cls(encoder, projector, llm, ChatPrompt(tokenizer, cfg.prompt, cfg.system))
+
+    # -- shared by training and decoding -------------------------------------------------
+
+    def audio_embeddings(self, audio: torch.Tensor, audio_lens: torch.Tensor):
+        """audio (B, T), audio_lens (B,) -> (embeddings (B, N, H), lens (B,)) in LLM space."""
+        states, lens = self.encoder(audio, audio_lens)
+        return self.projector(states, lens)
+
+    def layout(self, n_audio: list[int], targets: list[list[int]] | None = None):
+        """Token layout of a left-padded batch.
+
+        Row i = prefix, ``n_audio[i]`` audio slots, suffix, ``targets[i]``. Returns ``ids``
+        (B, L) long (audio slots and padding hold ``pad_id``), ``is_audio`` (B, L) bool,
+        ``attention_mask`` (B, L) long, ``position_ids`` (B, L) long and ``labels`` (B, L) long
+        (-100 except on target tokens; None without targets).
+        """
+        p = self.prompt
+        rows, audio_rows, label_rows = [], [], []
+        for i, n in enumerate(n_audio):
+            tgt = targets[i] if targets is not None else []
+            ids = p.prefix + [self.pad_id] * n + p.suffix + tgt
+            rows.append(ids)
+            audio_rows.append([False] * len(p.prefix) + [True] * n + [False] * (len(p.suffix) + len(tgt)))
+            label_rows.append([IGNORE] * (len(ids) - len(tgt)) + tgt)
+        width = max(len(r) for r in rows)
+
+        def left(rs, fill):
+            return torch.tensor([[fill] * (width - len(r)) + r for r in rs])
+
+        mask = left([[1] * len(r) for r in rows], 0)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        labels = left(label_rows, IGNORE) if targets is not None else None
+        return left(rows, self.pad_id), left(audio_rows, False), mask, positions, labels
+
+    def inputs_embeds(self, ids: torch.Tensor, is_audio: torch.Tensor, audio: torch.Tensor,
+                      audio_lens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of ``ids`` (B, L) with the audio slots replaced by ``audio`` (B, N, H)
+        frames, each row's first ``audio_lens[i]`` frames in order -> (B, L, H)."""
+        tokens = self.llm.get_input_embeddings()(ids)
+        valid = torch.arange(audio.shape[1], device=audio.device)[None, :] < audio_lens[:, None]
+        frames = audio[valid].to(tokens.dtype)  # (sum of lens, H), row-major like is_audio
+        return tokens.masked_scatter(is_audio[..., None], frames)
+
+    def prompt_inputs(self, audio: torch.Tensor, audio_lens: torch.Tensor, texts: list[str] | None = None):
+        """Everything the LLM needs for a batch: dict of ``inputs_embeds`` (B, L, H),
+        ``attention_mask``, ``position_ids`` and, with ``texts``, ``labels`` (all (B, L))."""
+        emb, n = self.audio_embeddings(audio, audio_lens)
+        targets = [self.prompt.target(t) for t in texts] if texts is not None else None
+        ids, is_audio, mask, positions, labels = self.layout(n.tolist(), targets)
+        dev = emb.device
+        out = {"inputs_embeds": self.inputs_embeds(ids.to(dev), is_audio.to(dev), emb, n),
+               "attention_mask": mask.to(dev), "position_ids": positions.to(dev)}
+        if labels is not None:
+            out["labels"] = labels.to(dev)
+        return out
+
+    def count_loss_tokens(self, batch: dict) -> int:
+        """Target tokens ``forward`` will average over (the engine weighs micro-batches by it)."""
+        return sum(len(self.prompt.target(t)) for t in batch["texts"])
+
+    def forward(self, batch: dict) -> dict:
+        """Mean cross-entropy over transcript + end-of-turn tokens, and counters for the logs."""
+        inputs = self.prompt_inputs(batch["audio"], batch["audio_lens"], batch["texts"])
+        labels = inputs.pop("labels")
+        # targets sit at the right end of every (left-padded) row: only those logits are needed
+        keep = int((labels != IGNORE).sum(-1).max()) + 1
+        logits = self.llm(**inputs, use_cache=False, logits_to_keep=keep).logits  # (B, keep, V)
+        # logits at position p predict the token at p + 1
+        loss, num_tokens = token_cross_entropy(logits[:, :-1], labels[:, labels.shape[1] - keep + 1:])
+        mask, audio_lens = inputs["attention_mask"], batch["audio_lens"]
+        return {"loss": loss,
+                "num_tokens": num_tokens,
+                "audio_seconds": audio_lens.sum() / 16000.0,
+                # share of the batch that is padding: small when batches come from duration buckets
+                "audio_padding": 1.0 - audio_lens.sum() / batch["audio"].numel(),
+                "llm_padding": 1.0 - mask.sum() / mask.numel()}
+
+
+# -- a tiny random model for fast tests and smoke runs (no files, no network) ----------------
+
+def char_tokenizer():
+    """A character-level tokenizer with a ChatML chat template (pad distinct from eos)."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r\t"))
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"])
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return fast
+
+
+def tiny_random(cfg: WestConfig | None = None, seed: int = 0, dim: int = 32) -> WestModel:
+    """A randomly initialised WeST of a few thousand parameters: Whisper-shaped encoder
+    (80 mels, 2 layers), Llama LLM (2 layers) and the char tokenizer. For tests only."""
+    from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    cfg = cfg or WestConfig(projector=ProjectorConfig(rate=2, hidden=2 * dim))
+    torch.manual_seed(seed)
+    tokenizer = char_tokenizer()
+    enc = WhisperEncoder(WhisperConfig(
+        d_model=dim, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=2 * dim,
+        num_mel_bins=80, max_source_positions=1500))
+    llm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None, tie_word_embeddings=False))
+    model = WestModel.assemble(cfg, WhisperAudioEncoder(enc.eval(), cfg.pad_to_30s), llm, tokenizer)
+    return model
+
