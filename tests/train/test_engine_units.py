@@ -162,3 +162,18 @@ def test_gradient_checkpointing_reaches_nested_hf_models_and_keeps_gradients():
     checkpointed = torch.autograd.grad(model(x), model.projector.weight)[0]
     torch.testing.assert_close(checkpointed, reference)
     assert enable_gradient_checkpointing(nn.Linear(2, 2)) == []
+
+
+def test_step_stats_weights_loss_by_tokens_and_averages_other_outputs():
+    from westkit.train.metrics import StepStats
+
+    stats = StepStats()
+    stats.add({"loss": torch.tensor(1.0), "num_tokens": 3, "audio_padding": torch.tensor(0.5)}, 3)
+    stats.add({"loss": torch.tensor(3.0), "num_tokens": 1, "audio_padding": 0.1}, 1)
+    stats.add({"loss": torch.tensor(2.0), "num_tokens": 1, "llm_padding": 0.2}, 1)
+    stats.end_step()
+    out = stats.reduce(torch.device("cpu"))
+    assert out["loss"] == pytest.approx((1 * 3 + 3 * 1 + 2 * 1) / 5)
+    assert out["num_tokens"] == 5
+    assert out["audio_padding"] == pytest.approx(0.3)  # mean over the micro-batches reporting it
+    assert out["llm_padding"] == pytest.approx(0.2)

@@ -76,6 +76,15 @@ def all_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
     return dict(zip(values, t.tolist()))
 
 
+def union_of_names(names: list[str]) -> list[str]:
+    """Sorted union of every rank's ``names`` (a collective; cheap, called at log time only)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return sorted(names)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, list(names))
+    return sorted(set().union(*gathered))
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     """Move every tensor value of a batch dict to ``device``; other values stay as they are."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v

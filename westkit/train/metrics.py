@@ -1,8 +1,9 @@
 """Counting what a step processed: loss (token-weighted), tokens, audio seconds, throughput.
 
-Models report counters in their output dict (``num_tokens``, ``audio_seconds``, any other
-number); `StepStats` sums them over micro-batches and, at log time, over ranks, so every
-recipe's logged loss and tokens/s mean the same thing.
+Models report counters in their output dict (``num_tokens``, ``audio_seconds``): `StepStats`
+sums them over micro-batches and, at log time, over ranks, so every recipe's logged loss and
+tokens/s mean the same thing. Any other scalar in the output (say ``audio_padding``) is logged as
+its mean over the micro-batches that reported it.
 """
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ def _detached(value):
     return value.detach().float() if torch.is_tensor(value) else float(value)
 
 
+def _is_scalar(value) -> bool:
+    if torch.is_tensor(value):
+        return value.numel() == 1
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class StepStats:
     """Sums over the micro-batches of the steps since the last `reduce`, on one rank."""
 
@@ -42,6 +49,7 @@ class StepStats:
         self.sums: dict = {"loss_sum": 0.0, "loss_weight": 0.0, "micro_batches": 0.0}
         for name in COUNTERS:
             self.sums[name] = 0.0
+        self.means: dict = {}  # name -> [sum, count] of other scalar outputs
         self.steps = 0
         self.started = time.perf_counter()
 
@@ -51,16 +59,25 @@ class StepStats:
         self.sums["loss_sum"] = self.sums["loss_sum"] + _detached(out["loss"]) * weight
         self.sums["loss_weight"] = self.sums["loss_weight"] + weight
         self.sums["micro_batches"] += 1
-        for name in COUNTERS:
-            if name in out:
-                self.sums[name] = self.sums[name] + _detached(out[name])
+        for name, value in out.items():
+            if name in COUNTERS:
+                self.sums[name] = self.sums[name] + _detached(value)
+            elif name != "loss" and _is_scalar(value):
+                acc = self.means.setdefault(name, [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + _detached(value), acc[1] + 1
 
     def end_step(self):
         self.steps += 1
 
     def reduce(self, device: torch.device) -> dict[str, float]:
         """Collective: totals over all ranks -> loss, tokens/s, audio-s/s; then reset."""
-        totals = distributed.all_sum({k: float(v) for k, v in self.sums.items()}, device)
+        # ranks may have seen different optional outputs: agree on the names first
+        names = distributed.union_of_names(sorted(self.means))
+        sums = {k: float(v) for k, v in self.sums.items()}
+        for name in names:
+            acc = self.means.get(name, (0.0, 0.0))
+            sums[f"mean_sum/{name}"], sums[f"mean_count/{name}"] = float(acc[0]), float(acc[1])
+        totals = distributed.all_sum(sums, device)
         seconds = max(time.perf_counter() - self.started, 1e-9)
         result = {"loss": totals["loss_sum"] / max(totals["loss_weight"], 1e-12),
                   "step_time": seconds / max(self.steps, 1)}
@@ -71,5 +88,8 @@ class StepStats:
             result["tokens_per_s"] = totals["num_tokens"] / seconds
         if totals["audio_seconds"]:
             result["audio_s_per_s"] = totals["audio_seconds"] / seconds
+        for name in names:
+            if totals[f"mean_count/{name}"]:
+                result[name] = totals[f"mean_sum/{name}"] / totals[f"mean_count/{name}"]
         self.reset()
         return result
