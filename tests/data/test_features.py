@@ -61,3 +61,13 @@ def test_pad_to_30s_cuts_long_audio_like_the_extractor():
     feats, lens = LogMel(80)(audio, torch.tensor([len(long), len(short)]), pad_to_30s=True)
     ref = WhisperFeatureExtractor()([long, short], sampling_rate=16000, return_tensors="np").input_features
     assert np.abs(feats.numpy() - ref).max() < 1e-4 and lens.tolist() == [3000, 100]
+
+
+def test_runs_in_fp32_inside_a_bf16_model():
+    """A model cast to bf16 casts LogMel's buffers too; the features must stay fp32 and equal."""
+    audio = torch.randn(2, 8000)
+    lens = torch.tensor([8000, 5000])
+    ref, _ = LogMel(80)(audio, lens)
+    feats, _ = LogMel(80).to(torch.bfloat16)(audio, lens)
+    assert feats.dtype == torch.float32
+    assert (feats - ref).abs().max() < 2e-2  # only the bf16-rounded filter bank differs

@@ -68,9 +68,10 @@ class LogMel(nn.Module):
         idx = torch.where(idx >= L, 2 * (L - 1) - idx, idx).clamp(min=0)
         padded = torch.gather(audio, 1, idx.clamp(max=T - 1))
         frames = padded.unfold(1, N_FFT, HOP)  # (B, T // HOP + 1, N_FFT)
-        spec = torch.fft.rfft(frames * self.window, dim=-1).abs() ** 2
+        # always fp32, even inside a model cast to bf16: the buffers follow the module's dtype
+        spec = torch.fft.rfft(frames * self.window.float(), dim=-1).abs() ** 2
         power = spec[:, :-1].transpose(1, 2)  # (B, N_FFT//2+1, F): Whisper drops the last frame
-        mel = torch.matmul(self.filters, power)  # (B, n_mels, F)
+        mel = torch.matmul(self.filters.float(), power)  # (B, n_mels, F)
         log_spec = torch.clamp(mel, min=1e-10).log10()
         if pad_to_30s:
             floor = torch.tensor(1e-10, device=audio.device).log10()
