@@ -29,7 +29,9 @@ if ((${#missing[@]})); then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 fi
 
-stamp_want=$( (cat "$repo/setup.cfg" "$repo/launch/bootstrap.sh"; echo "$repo $torch_version") | sha256sum | cut -c1-16)
+# the venv depends on what is installed, not on which checkout asks: every checkout shares it and
+# puts itself first on PYTHONPATH (below), so a fresh clone uses its own code without reinstalling
+stamp_want=$( (cat "$repo/setup.cfg" "$repo/launch/bootstrap.sh"; echo "$torch_version") | sha256sum | cut -c1-16)
 if [ "$(cat "$venv/.westkit-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   [ -x "$venv/bin/python" ] || { log "creating $venv"; python3 -m venv "$venv"; }
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
@@ -46,7 +48,7 @@ if [ "$(cat "$venv/.westkit-stamp" 2>/dev/null)" != "$stamp_want" ]; then
 fi
 
 if [ "${1:-}" = "--env" ]; then
-  echo "export PATH=\"$venv/bin:\$PATH\" VIRTUAL_ENV=\"$venv\" WESTKIT_HOME=\"$home\""
+  echo "export PATH=\"$venv/bin:\$PATH\" VIRTUAL_ENV=\"$venv\" WESTKIT_HOME=\"$home\" PYTHONPATH=\"$repo\${PYTHONPATH:+:\$PYTHONPATH}\""
 else
   echo "$venv"
 fi
