@@ -20,7 +20,6 @@ import torch
 
 from westkit.data import corpora
 from westkit.data.shards import DURATION, read_index
-from westkit.models.whisper_decoder import StateCache
 
 
 def main(argv=None) -> int:
@@ -31,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--fit-fraction", type=float, default=0.7)
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = p.parse_args(argv)
-    folder = corpora.make(args.shards) if args.shards in corpora.NAMES else Path(args.shards)
+    folder = Path(corpora.shard_folder(args.shards))
     rows = [r for s in read_index(folder)["shards"] for r in s["samples"]]
     cache_dir = Path(args.cache_dir)
     items = []

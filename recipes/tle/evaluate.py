@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     results = {}
     for spec in args.sets:
-        folder = str(corpora.make(spec)) if spec in corpora.NAMES else spec
+        folder = corpora.shard_folder(spec)
         set_name = Path(spec).name
         loader = build_loader(LoaderConfig(shards=[folder], shuffle=False, num_workers=1,
                                            max_batch_size=args.batch_size, max_batch_seconds=1e9), train=False)

@@ -15,9 +15,7 @@ Weights of 0 leave a source out: TTS-only adaptation is ``mix.text=0 mix.tts=1``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -66,13 +64,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def corpus_shards(cfg: LoaderConfig) -> LoaderConfig:
-    """Replace built-in corpus names in ``cfg.shards`` by their (made-once) shard folders."""
-    from westkit.data import corpora
-    shards = [str(corpora.make(s)) if s in corpora.NAMES and not os.path.exists(s) else s for s in cfg.shards]
-    return dataclasses.replace(cfg, shards=shards)
-
-
 def mix_sources(conf: dict, where: str, mix: MixConfig) -> dict[str, LoaderConfig]:
     """The loader config of every source with weight > 0 (checked before anything is loaded)."""
     cfgs = {}
@@ -92,7 +83,7 @@ def mix_sources(conf: dict, where: str, mix: MixConfig) -> dict[str, LoaderConfi
 
 def build_mix(cfgs: dict[str, LoaderConfig], mix: MixConfig, rank: int, world_size: int) -> MixedLoader:
     """One train loader per source, interleaved by `MixedLoader` at the mix's weights."""
-    loaders = {name: build_loader(corpus_shards(cfg), rank, world_size, train=True) for name, cfg in cfgs.items()}
+    loaders = {name: build_loader(cfg, rank, world_size, train=True) for name, cfg in cfgs.items()}
     return MixedLoader(loaders, {name: getattr(mix, name) for name in cfgs}, mode=mix.mode, seed=mix.seed)
 
 
@@ -174,7 +165,7 @@ def main(argv=None) -> int:
     loader = build_mix(data_cfgs, mix_cfg, info.rank, info.world_size)
     eval_fn = None
     if conf.get("eval_data"):
-        eval_cfg = corpus_shards(build(LoaderConfig, conf["eval_data"], f"{args.config}: eval_data"))
+        eval_cfg = build(LoaderConfig, conf["eval_data"], f"{args.config}: eval_data")
         eval_fn = make_eval_fn(build_loader(eval_cfg, info.rank, info.world_size, train=False), stage)
     out = Path(args.out)
     if info.is_main:

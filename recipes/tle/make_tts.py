@@ -21,7 +21,7 @@ from westkit.data.shards import INDEX, Entry, write_shards
 
 def read_texts(shards: str) -> list[tuple[str, str]]:
     """(key, text) of every sample in a shard folder or built-in corpus name, in order."""
-    folder = str(corpora.make(shards)) if shards in corpora.NAMES else shards
+    folder = corpora.shard_folder(shards)
     cfg = LoaderConfig(shards=[folder], shuffle=False, num_workers=0, max_batch_size=256)
     out = []
     for batch in build_loader(cfg, train=False):

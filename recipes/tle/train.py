@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
 from westkit.config import build, load_yaml, to_dict
@@ -50,13 +48,6 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output folder (checkpoints, logs, the TLE)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=20")
     return p.parse_args(argv)
-
-
-def corpus_shards(cfg: LoaderConfig) -> LoaderConfig:
-    """Replace built-in corpus names in ``cfg.shards`` by their (made-once) shard folders."""
-    from westkit.data import corpora
-    shards = [str(corpora.make(s)) if s in corpora.NAMES and not os.path.exists(s) else s for s in cfg.shards]
-    return dataclasses.replace(cfg, shards=shards)
 
 
 def load_whisper(name: str):
@@ -124,8 +115,8 @@ def main(argv=None) -> int:
                          f"data, eval_data, train")
     stage = build(Stage1Config, conf.get("stage1"), f"{args.config}: stage1")
     tle_cfg = build(TLEConfig, conf.get("tle"), f"{args.config}: tle")
-    data_cfg = corpus_shards(build(LoaderConfig, conf.get("data"), f"{args.config}: data"))
-    eval_cfg = (corpus_shards(build(LoaderConfig, conf["eval_data"], f"{args.config}: eval_data"))
+    data_cfg = build(LoaderConfig, conf.get("data"), f"{args.config}: data")
+    eval_cfg = (build(LoaderConfig, conf["eval_data"], f"{args.config}: eval_data")
                 if conf.get("eval_data") else None)
     train_cfg = build(TrainConfig, conf.get("train"), f"{args.config}: train")
     info = distributed.init()

@@ -13,9 +13,7 @@ gets ``config.yaml`` (the resolved config), the engine's logs and checkpoints, a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +56,7 @@ def parse_args(argv=None):
 
 
 def init_config(path: str, overrides: list[str]) -> RecipeConfig:
-    """Read and validate every section; built-in corpus names become shard folders."""
+    """Read and validate every section (the loader makes built-in corpora named in shards)."""
     conf = load_yaml(path, overrides)
     unknown = sorted(set(conf) - set(SECTIONS))
     if unknown:
@@ -66,19 +64,10 @@ def init_config(path: str, overrides: list[str]) -> RecipeConfig:
     eval_data = conf.get("eval_data")
     return RecipeConfig(
         model=build(WestConfig, conf.get("model"), f"{path}: model"),
-        data=corpus_shards(build(LoaderConfig, conf.get("data"), f"{path}: data")),
-        eval_data=corpus_shards(build(LoaderConfig, eval_data, f"{path}: eval_data")) if eval_data else None,
+        data=build(LoaderConfig, conf.get("data"), f"{path}: data"),
+        eval_data=build(LoaderConfig, eval_data, f"{path}: eval_data") if eval_data else None,
         eval=build(EvalConfig, conf.get("eval"), f"{path}: eval"),
         train=build(TrainConfig, conf.get("train"), f"{path}: train"))
-
-
-def corpus_shards(cfg: LoaderConfig) -> LoaderConfig:
-    """Replace built-in corpus names in ``cfg.shards`` by their (made-once) shard folders."""
-    from westkit.data import corpora
-
-    shards = [str(corpora.make(s)) if s in corpora.NAMES and not os.path.exists(s) else s
-              for s in cfg.shards]
-    return dataclasses.replace(cfg, shards=shards)
 
 
 def init_data(cfg: LoaderConfig, info, log=print):

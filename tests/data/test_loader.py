@@ -163,3 +163,14 @@ def test_loader_config_from_yaml_section(shards):
     assert cfg.max_batch_seconds == 60.0 and cfg.buckets == [5, 10] and cfg.shuffle is True
     with pytest.raises(ValueError, match="x.yaml: data: unknown key"):
         build(LoaderConfig, {"shards": [str(shards)], "batch_seconds": 60}, "x.yaml: data")
+
+
+def test_shards_may_name_a_built_in_corpus(westkit_home):
+    """A corpus name in `shards` is made on first use (under WESTKIT_HOME) and read like a folder."""
+    from westkit.data import corpora
+
+    loader = build_loader(LoaderConfig(shards=["asterisk-adapt"], shuffle=False), train=False)
+    index = read_index(westkit_home / "data" / "asterisk-adapt")
+    texts = [t for batch in loader for t in batch["texts"]]
+    assert len(texts) == index["totals"]["samples"] > 100
+    assert corpora.shard_folder("/no/such/folder") == "/no/such/folder"

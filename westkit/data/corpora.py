@@ -161,6 +161,14 @@ def _entries(name: str) -> Iterator[Entry]:
     raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(NAMES)}")
 
 
+def shard_folder(spec: str) -> str:
+    """``spec`` unchanged, unless it is a built-in corpus name (``general-test``) that is not also
+    an existing path: then the corpus's shard folder, made on first use."""
+    import os
+
+    return str(make(spec)) if spec in NAMES and not os.path.exists(spec) else spec
+
+
 def make(name: str, limit: int | None = None, workers: int | None = None, progress: bool = True) -> Path:
     """The shard folder of corpus ``name`` (first ``limit`` utterances), built once and cached.
 

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from westkit.data.pipeline import collate, run_steps
+from westkit.data import corpora
 from westkit.data.shards import DURATION, FLAC_OFFSET, FLAC_SIZE, INDEX, JSON_OFFSET, JSON_SIZE, N_CHARS, read_index
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 class LoaderConfig:
     """What to read and how to batch it.
 
-    shards: shard folders (with index.json), globs of ``*.tar`` inside such folders, or paths to
-        index.json files. max_batch_seconds bounds the padded audio per batch (size x longest).
+    shards: shard folders (with index.json), globs of ``*.tar`` inside such folders, paths to
+        index.json files, or built-in corpus names (`westkit.data.corpora.NAMES`, made on first use). max_batch_seconds bounds the padded audio per batch (size x longest).
     buckets: duration bucket upper edges in seconds; samples are batched within a bucket.
     shuffle_window: how many consecutive (shuffled) shards have their samples mixed together;
         larger mixes better, smaller reads more locally.
@@ -123,7 +124,7 @@ def _resolve_shards(specs: list[str]) -> list[tuple[Path, list[str] | None]]:
     """Shard specs -> [(folder with index.json, shard names or None for all)]."""
     out: list[tuple[Path, list[str] | None]] = []
     for spec in specs:
-        p = Path(spec)
+        p = Path(corpora.shard_folder(spec))
         if p.is_dir():
             out.append((p, None))
         elif p.name == INDEX and p.is_file():

@@ -278,7 +278,7 @@ def main(argv=None) -> int:
             batches.append(lb)
             total += len(lb)
         if args.shards:
-            loader = shard_batches(_shard_paths(args.shards), args.batch_size, args.max_batch_seconds,
+            loader = shard_batches(args.shards, args.batch_size, args.max_batch_seconds,
                                    args.num_workers)
             batches.append(loader)
             total += len(loader)
@@ -315,19 +315,6 @@ def format_report(rep: dict) -> str:
                          f"{s['ref_words']} words, {s['utterances']} utts)")
     lines.append(f"flagged: {rep['flagged_utterances']} {rep['flag_counts']}")
     return "\n".join(lines)
-
-
-def _shard_paths(specs: list[str]) -> list[str]:
-    """Shard specs; a built-in corpus name (``general-test``) is made on first use."""
-    out = []
-    for spec in specs:
-        if not os.path.exists(spec) and not any(c in spec for c in "*?["):
-            from westkit.data import corpora
-
-            if spec in corpora.NAMES:
-                spec = str(corpora.make(spec))
-        out.append(spec)
-    return out
 
 
 if __name__ == "__main__":
