@@ -6,4 +6,4 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 eval "$(bash "$repo/launch/bootstrap.sh" --env)"
 cd "$repo"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-exec python -m westkit.demo "$@"
+exec python recipes/demo/run.py "$@"
