@@ -90,7 +90,8 @@ def evaluate(models: dict[str, str], sets: dict[str, str], out: Path, cache: Pat
 
 
 def show_transcripts(folder: Path, n: int = 6) -> None:
-    rows = [json.loads(line) for line in open(folder)][:n]
+    with open(folder) as f:
+        rows = [json.loads(line) for line in f][:n]
     for r in rows:
         print(f"  ref: {r['ref']}\n  hyp: {r['hyp']}")
 
@@ -110,6 +111,8 @@ def plot(results: dict, sets: dict[str, str], runs: dict[str, Path], path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from westkit.train.logger import read_metrics
+
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.5))
     names, width = list(results), 0.8 / len(results)
     for i, name in enumerate(names):
@@ -120,8 +123,7 @@ def plot(results: dict, sets: dict[str, str], runs: dict[str, Path], path: Path)
     bars.set_title("whisper-tiny.en before and after text-only adaptation")
     bars.legend()
     for label, run_dir in runs.items():
-        recs = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
-        train = [r for r in recs if r.get("kind", "train") == "train" and "loss" in r]
+        train = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train" and "loss" in r]
         curves.plot([r["step"] for r in train], [r["loss"] for r in train], label=label)
     curves.set_xlabel("step")
     curves.set_ylabel("training loss")

@@ -31,7 +31,7 @@ from westkit.decode.scoring import score
 from westkit.models.tle import load_tle
 from westkit.models.whisper_decoder import StateCache, WhisTLE, greedy_decode
 from westkit.train import TrainConfig, Trainer
-from westkit.train import distributed
+from westkit.train import distributed, ds_config
 
 SOURCES = ("text", "audio", "tts")
 
@@ -151,6 +151,14 @@ def main(argv=None) -> int:
     stage = build(Stage2Config, conf.get("stage2"), f"{args.config}: stage2")
     mix_cfg = build(MixConfig, conf.get("mix"), f"{args.config}: mix")
     train_cfg = build(TrainConfig, conf.get("train"), f"{args.config}: train")
+    if ds_config.zero_stage(train_cfg.ds_config) == 3:
+        # the encoder-state cache lets a rank skip the frozen encoder when its batch is cached;
+        # under ZeRO-3 every forward gathers parameters from all ranks, so ranks would diverge
+        raise ValueError(f"{args.config}: train.ds_config={train_cfg.ds_config!r} is ZeRO-3, which the "
+                         "encoder-state cache cannot follow; use zero2 (the TLE and a Whisper decoder fit)")
+    if not train_cfg.export_trainable:
+        raise ValueError(f"{args.config}: train.export_trainable=false leaves no decoder weights "
+                         "to merge into OUT/hf; leave it true")
     if mix_cfg.text > 0 and not stage.tle:
         raise ValueError(f"{args.config}: mix.text={mix_cfg.text} needs the stage-1 TLE: set "
                          f"stage2.tle=<output folder of recipes/tle/train.py>")
@@ -177,8 +185,6 @@ def main(argv=None) -> int:
     trainer = Trainer(model, loader, train_cfg, out, eval_fn=eval_fn)
     trainer.fit()
     if info.is_main:
-        if not train_cfg.export_trainable:
-            raise ValueError("train.export_trainable=false leaves no decoder weights to export")
         path = export_whisper(base, out / "trainable.safetensors", out / "hf")
         print(f"adapted Whisper written to {path}", file=sys.stderr)
     return 0

@@ -27,8 +27,8 @@ from westkit.decode.scoring import score
 from westkit.models.tle import TLE, TLEConfig, save_tle, speech_frames, tle_loss
 from westkit.models.whisper import WhisperAudioEncoder
 from westkit.models.whisper_decoder import StateCache, TLERegression, greedy_decode, language_ids, text_tokens
-from westkit.train import TrainConfig, Trainer
-from westkit.train import distributed
+from westkit.train import TrainConfig, Trainer, seed_everything
+from westkit.train import distributed, ds_config
 from westkit.train.checkpoint import full_state_dict
 
 
@@ -91,7 +91,7 @@ def make_eval_fn(loader, whisper, cfg: Stage1Config):
             sums["dur_abs_err"] += float((free.n - n).abs().sum())
             sums["utts"] += len(n)
             if cfg.decode_eval:
-                hyps = greedy_decode(whisper, free.states, model.tokenizer)
+                hyps = greedy_decode(whisper, free.states.to(whisper.proj_out.weight.dtype), model.tokenizer)
                 s = score(batch["texts"], hyps)
                 sums["errors"] += s.substitutions + s.deletions + s.insertions
                 sums["ref_words"] += s.ref_words
@@ -119,9 +119,16 @@ def main(argv=None) -> int:
     eval_cfg = (build(LoaderConfig, conf["eval_data"], f"{args.config}: eval_data")
                 if conf.get("eval_data") else None)
     train_cfg = build(TrainConfig, conf.get("train"), f"{args.config}: train")
+    if ds_config.zero_stage(train_cfg.ds_config) == 3:
+        # the encoder-state cache lets a rank skip the frozen encoder when its batch is cached;
+        # under ZeRO-3 every forward gathers parameters from all ranks, so ranks would diverge
+        raise ValueError(f"{args.config}: train.ds_config={train_cfg.ds_config!r} is ZeRO-3, which the "
+                         "encoder-state cache cannot follow; use zero2 (the TLE and a Whisper decoder fit)")
     info = distributed.init()
+    seed_everything(train_cfg.seed)  # before any module is made: the seed decides the TLE's init
 
     whisper, tokenizer = load_whisper(stage.whisper)
+    whisper.to(info.device)  # the engine moves the teacher encoder; the read-back decoder follows
     # the TLE's vocabulary and output grid are the teacher's, whatever the YAML says
     tle_cfg = dataclasses.replace(tle_cfg, vocab_size=whisper.config.vocab_size,
                                   d_model=whisper.config.d_model,

@@ -25,7 +25,7 @@ from westkit.data.loader import LoaderConfig, build_loader, plan_epoch
 from westkit.decode.generate import GenerateConfig, greedy, token_budget
 from westkit.decode.scoring import score
 from westkit.models.west import WestConfig, WestModel
-from westkit.train import TrainConfig, Trainer, distributed
+from westkit.train import TrainConfig, Trainer, distributed, seed_everything
 
 SECTIONS = ("model", "data", "eval_data", "eval", "train")
 
@@ -148,6 +148,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = init_config(args.config, args.overrides)
     info = distributed.init()
+    seed_everything(cfg.train.seed)  # before any module is made: the seed decides the projector's init
     model = WestModel.from_config(cfg.model)
     loader = init_data(cfg.data, info)
     eval_fn = init_eval(cfg, info)

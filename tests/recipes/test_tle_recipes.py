@@ -149,3 +149,19 @@ def test_make_tts_speaks_the_text_shards(tiny, tmp_path):
     index = json.loads((tmp_path / "tts" / "index.json").read_text())
     rows = [r for s in index["shards"] for r in s["samples"]]
     assert len(rows) == 2 and all(r[1] > 0.3 for r in rows)  # real audio, a word or more long
+
+
+@pytest.mark.parametrize("script,conf", [("train.py", "tle_tiny.yaml"), ("finetune_decoder.py", "finetune_tiny.yaml")])
+def test_both_stages_refuse_zero3_and_a_missing_export(tmp_path, script, conf):
+    """The encoder-state cache lets ranks skip the frozen encoder: under ZeRO-3 they would hang."""
+    def run(*overrides):
+        return subprocess.run([sys.executable, str(RECIPE / script), "--config", str(RECIPE / "conf" / conf),
+                               "--out", str(tmp_path / "x"), *overrides],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    proc = run("train.ds_config=zero3")
+    assert proc.returncode != 0 and "is ZeRO-3" in proc.stderr and "use zero2" in proc.stderr
+    if script == "finetune_decoder.py":
+        proc = run("train.export_trainable=false")
+        assert proc.returncode != 0 and "export_trainable=false" in proc.stderr
+    assert not (tmp_path / "x").exists()  # refused before anything was made

@@ -177,3 +177,7 @@ def test_step_stats_weights_loss_by_tokens_and_averages_other_outputs():
     assert out["num_tokens"] == 5
     assert out["audio_padding"] == pytest.approx(0.3)  # mean over the micro-batches reporting it
     assert out["llm_padding"] == pytest.approx(0.2)
+
+
+def test_zero_stage_of_the_shipped_configs():
+    assert [ds_config.zero_stage(n) for n in ("zero2", "zero3", "zero3_offload")] == [2, 3, 3]

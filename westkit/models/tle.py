@@ -114,9 +114,10 @@ def length_map(h: torch.Tensor, text_lens: torch.Tensor, n: torch.Tensor, n_fram
     linearly between the two nearest tokens (so the first and last tokens land at the ends).
     """
     B, L, D = h.shape
-    t = torch.arange(n_frames, device=h.device, dtype=h.dtype)[None, :]      # (1, T)
-    lens = text_lens.to(h.dtype)[:, None]
-    s = ((t + 0.5) * lens / n.to(h.dtype)[:, None] - 0.5)
+    # positions in fp32 even for a bf16 model: bf16 cannot count past 256 frames exactly
+    t = torch.arange(n_frames, device=h.device, dtype=torch.float32)[None, :]  # (1, T)
+    lens = text_lens.float()[:, None]
+    s = ((t + 0.5) * lens / n.float()[:, None] - 0.5)
     s = torch.minimum(s.clamp(min=0), lens - 1)                                 # (B, T)
     lo = s.floor().long()
     hi = torch.minimum(lo + 1, text_lens[:, None].long() - 1)
@@ -175,7 +176,7 @@ class TLE(nn.Module):
         if L > self.cfg.max_text_len:
             raise ValueError(f"text of {L} tokens is longer than TLEConfig.max_text_len="
                              f"{self.cfg.max_text_len}; filter long texts in the loader")
-        x = self.embed(tokens) + self.text_pos[:L]
+        x = self.embed(tokens) + self.text_pos[:L].to(self.embed.weight.dtype)
         if self.lang_embed is not None:
             if langs is None:
                 raise ValueError("this TLE has a language embedding (num_langs > 0): pass langs")

@@ -242,18 +242,20 @@ class WhisTLE(nn.Module):
         return self
 
     def encoder_states(self, batch: dict, device) -> torch.Tensor:
-        """(B, T, D) states: real encoder for audio batches, TLE for text-only ones (no grad)."""
+        """(B, T, D) states in the decoder's dtype: real encoder for audio batches, TLE for
+        text-only ones (no grad). The cache keeps fp16 and returns fp32, hence the cast."""
+        dtype = self.whisper.proj_out.weight.dtype
         with torch.no_grad():
             if "audio" in batch:
                 if self.cache is not None:
-                    return self.cache.states(self._audio[0], batch)
-                return self._audio[0](batch["audio"], batch["audio_lens"])[0]
+                    return self.cache.states(self._audio[0], batch).to(dtype)
+                return self._audio[0](batch["audio"], batch["audio_lens"])[0].to(dtype)
             if self.tle is None:
                 raise ValueError("a text-only batch reached a WhisTLE without a TLE: give the "
                                  "stage-1 run (stage2.tle) or drop the text-only source")
             tokens, lens = text_tokens(self.tokenizer, batch["texts"], device)
             langs = language_ids(batch["langs"], self.tle.cfg.langs, device)
-            return self.tle(tokens, lens, langs=langs, sample=self.sample_z).states
+            return self.tle(tokens, lens, langs=langs, sample=self.sample_z).states.to(dtype)
 
     def count_loss_tokens(self, batch: dict) -> int:
         """Target tokens of a batch before the forward pass (text + end token per row), so the
@@ -263,7 +265,7 @@ class WhisTLE(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         device = self.whisper.proj_out.weight.device
-        states = self.encoder_states(batch, device).to(self.whisper.proj_out.weight.dtype)
+        states = self.encoder_states(batch, device)
         input_ids, labels = decoder_targets(self.tokenizer, batch["texts"],
                                             self.whisper.config.max_target_positions, device)
         loss, num = decoder_loss(self.whisper, states, input_ids, labels)

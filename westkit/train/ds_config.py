@@ -112,6 +112,11 @@ def load(name_or_path: str, cfg: TrainConfig, world_size: int, on_gpu: bool,
                 where=str(path))
 
 
+def zero_stage(name_or_path: str) -> int:
+    """The ZeRO stage a DeepSpeed config names (0 when it has no zero_optimization section)."""
+    return int(json.loads(find(name_or_path).read_text()).get("zero_optimization", {}).get("stage", 0))
+
+
 def offloads_optimizer(ds: dict) -> bool:
     """Whether the (filled) config keeps optimiser states in CPU memory."""
     device = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")

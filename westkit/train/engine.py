@@ -138,16 +138,17 @@ class Trainer:
                 self.log.advance(self.step)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     record = self._log_train(stats)
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    self.evaluate()
+                # save first: a failing evaluation must not cost the checkpoint
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save()
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self.evaluate()
                 if distributed.any_rank(preempt.requested, self.dist.device):
                     self._exit_preempted(preempt.signal_name or "a signal on another rank")
-            if self.step != self.last_evaluated:
-                self.evaluate()
             if self.step != self.last_saved:
                 self.save()
+            if self.step != self.last_evaluated:
+                self.evaluate()
             if cfg.export_trainable:
                 self.export(self.out_dir / "trainable.safetensors")
         finally:
