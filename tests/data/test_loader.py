@@ -174,3 +174,25 @@ def test_shards_may_name_a_built_in_corpus(westkit_home):
     texts = [t for batch in loader for t in batch["texts"]]
     assert len(texts) == index["totals"]["samples"] > 100
     assert corpora.shard_folder("/no/such/folder") == "/no/such/folder"
+
+
+def test_open_shard_files_stay_bounded(shards, monkeypatch):
+    """A corpus of thousands of shards must not exhaust `ulimit -n`: least recently used closes."""
+    import os
+
+    from westkit.data import loader as loader_mod
+
+    def open_shards():
+        fds = os.listdir("/proc/self/fd")
+        return sum(1 for fd in fds if os.path.realpath(f"/proc/self/fd/{fd}").startswith(str(shards)))
+
+    cfg = _cfg(shards, num_workers=0, shuffle=False)
+    expected = [b["keys"] for b in build_loader(cfg, train=False)]
+    monkeypatch.setattr(loader_mod, "MAX_OPEN_SHARDS", 2)
+    before = open_shards()
+    got, most = [], 0
+    for b in build_loader(cfg, train=False):
+        got.append(b["keys"])
+        most = max(most, open_shards() - before)
+    assert got == expected  # closing and reopening changes nothing read
+    assert len(read_index(shards)["shards"]) > 2 and most <= 2

@@ -41,6 +41,9 @@ from westkit.data.shards import DURATION, FLAC_OFFSET, FLAC_SIZE, INDEX, JSON_OF
 log = logging.getLogger(__name__)
 
 
+# open shard files per process: a corpus of thousands of shards must stay under `ulimit -n`
+MAX_OPEN_SHARDS = 64
+
 @dataclass
 class LoaderConfig:
     """What to read and how to batch it.
@@ -258,9 +261,13 @@ class PlannedBatches(Dataset):
             return None
 
     def _pread(self, shard: int, offset: int, size: int) -> bytes:
-        if shard not in self._fds:
-            self._fds[shard] = os.open(self.cat.paths[shard], os.O_RDONLY)
-        data = os.pread(self._fds[shard], size, offset)
+        fd = self._fds.pop(shard, None)
+        if fd is None:
+            fd = os.open(self.cat.paths[shard], os.O_RDONLY)
+            if len(self._fds) >= MAX_OPEN_SHARDS:  # least recently used first: dicts keep order
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[shard] = fd  # (re)inserted last: most recently used
+        data = os.pread(fd, size, offset)
         if len(data) != size:
             raise OSError(f"truncated shard: wanted {size} bytes at {offset}, got {len(data)}")
         return data
