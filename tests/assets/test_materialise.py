@@ -25,7 +25,7 @@ def fake(monkeypatch):
 
     def build(out: Path, step):
         step("first half")
-        (out / "weights.bin").write_bytes(b"x" * 1000)
+        (out / "model.safetensors").write_bytes(b"x" * 1000)
         if log["fail"]:
             raise RuntimeError("simulated crash")
         step("second half")
@@ -70,6 +70,31 @@ def test_stale_temp_folder_of_a_killed_build_is_removed(home, fake):
     (stale / "weights.bin").write_bytes(b"half")
     assets.materialise("fake")
     assert _leftovers(home) == []
+
+
+def test_a_live_builders_temp_folder_is_kept_and_a_dead_ones_removed(home, fake):
+    import subprocess
+    import sys
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = home / "models" / f".fake.tmp-{sleeper.pid}-abc"
+        dead = home / "models" / ".fake.tmp-999999999-abc"
+        for d in (live, dead):
+            d.mkdir(parents=True)
+        assets.materialise("fake")
+        assert live.is_dir() and not dead.exists()
+    finally:
+        sleeper.kill()
+
+
+def test_a_build_without_weights_is_never_published(home, fake, monkeypatch):
+    def forgetful(out, step):
+        (out / "config.json").write_text("{}")
+    monkeypatch.setitem(assets.BUILTIN, "fake", assets.Asset(**{**fake["asset"].__dict__, "build": forgetful}))
+    with pytest.raises(RuntimeError, match="model.safetensors"):
+        assets.materialise("fake")
+    assert assets.status("fake") == "missing" and _leftovers(home) == []
 
 
 def test_force_and_revision_change_rebuild(home, fake, monkeypatch):

@@ -1,18 +1,21 @@
-"""Fixtures for the data-layer tests: a private WESTKIT_HOME for corpora built during the session."""
-import os
+"""Fixtures for the data-layer tests: a private WESTKIT_HOME for corpora built during the session.
+
+The home is shared by every data test (corpora are built once) but set only while a data test
+runs, so later tests in the session see the WESTKIT_HOME they started with.
+"""
 from pathlib import Path
 
 import pytest
 
 
 @pytest.fixture(scope="session")
-def westkit_home(tmp_path_factory) -> Path:
-    """A fresh WESTKIT_HOME for the session, so corpora are built by the code under test."""
-    home = tmp_path_factory.mktemp("westkit_home")
-    old = os.environ.get("WESTKIT_HOME")
-    os.environ["WESTKIT_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("WESTKIT_HOME", None)
-    else:
-        os.environ["WESTKIT_HOME"] = old
+def data_home(tmp_path_factory) -> Path:
+    """The folder used as WESTKIT_HOME by the data tests."""
+    return tmp_path_factory.mktemp("westkit_home")
+
+
+@pytest.fixture(autouse=True)
+def westkit_home(data_home, monkeypatch) -> Path:
+    """WESTKIT_HOME = `data_home` for the duration of one data test."""
+    monkeypatch.setenv("WESTKIT_HOME", str(data_home))
+    return data_home

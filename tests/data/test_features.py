@@ -10,9 +10,11 @@ from westkit.data.loader import LoaderConfig, build_loader
 
 
 @pytest.fixture(scope="module")
-def batch(westkit_home):
+def batch(data_home):
     """One batch of 5 real Asterisk prompts of different lengths, zero-padded."""
-    folder = corpora.make("asterisk-test", limit=5, progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WESTKIT_HOME", str(data_home))
+        folder = corpora.make("asterisk-test", limit=5, progress=False)
     cfg = LoaderConfig(shards=[str(folder)], max_batch_size=5, max_batch_seconds=1000.0, buckets=[30.0],
                        num_workers=0, shuffle=False)
     b = next(iter(build_loader(cfg, train=False)))

