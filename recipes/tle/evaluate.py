@@ -23,7 +23,7 @@ from tqdm import tqdm
 from westkit.data import corpora
 from westkit.data.loader import LoaderConfig, build_loader
 from westkit.decode.scoring import score
-from westkit.models.whisper import WhisperAudioEncoder
+from westkit.models.whisper import WhisperAudioEncoder, load_whisper
 from westkit.models.whisper_decoder import StateCache, greedy_decode
 
 
@@ -39,17 +39,13 @@ def parse_args(argv=None):
 
 
 def load_models(specs: list[str]) -> dict:
-    from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
-
-    from westkit.assets import resolve
     models = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             raise ValueError(f"--models {spec!r}: expected NAME=PATH, e.g. base=whisper-tiny.en")
-        path = resolve(path)
-        models[name] = (WhisperForConditionalGeneration.from_pretrained(path).eval(),
-                        WhisperTokenizerFast.from_pretrained(path))
+        model, tokenizer = load_whisper(path)
+        models[name] = (model.eval(), tokenizer)
     return models
 
 

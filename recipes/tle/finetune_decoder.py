@@ -24,11 +24,13 @@ from typing import Literal
 
 import yaml
 
+from westkit.assets import resolve
 from westkit.config import build, load_yaml, to_dict
 from westkit.data.lang_sampling import MixedLoader
 from westkit.data.loader import LoaderConfig, build_loader
 from westkit.decode.scoring import score
 from westkit.models.tle import load_tle
+from westkit.models.whisper import load_whisper
 from westkit.models.whisper_decoder import StateCache, WhisTLE, greedy_decode
 from westkit.train import TrainConfig, Trainer
 from westkit.train import distributed, ds_config
@@ -85,16 +87,6 @@ def build_mix(cfgs: dict[str, LoaderConfig], mix: MixConfig, rank: int, world_si
     """One train loader per source, interleaved by `MixedLoader` at the mix's weights."""
     loaders = {name: build_loader(cfg, rank, world_size, train=True) for name, cfg in cfgs.items()}
     return MixedLoader(loaders, {name: getattr(mix, name) for name in cfgs}, mode=mix.mode, seed=mix.seed)
-
-
-def load_whisper(name: str):
-    """(WhisperForConditionalGeneration, tokenizer, resolved folder)."""
-    from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
-
-    from westkit.assets import resolve
-    path = resolve(name)
-    return (WhisperForConditionalGeneration.from_pretrained(path), WhisperTokenizerFast.from_pretrained(path),
-            path)
 
 
 def make_eval_fn(loader, cfg: Stage2Config):
@@ -165,7 +157,8 @@ def main(argv=None) -> int:
     data_cfgs = mix_sources(conf, args.config, mix_cfg)
     info = distributed.init()
 
-    whisper, tokenizer, base = load_whisper(stage.whisper)
+    base = resolve(stage.whisper)
+    whisper, tokenizer = load_whisper(base)
     tle = load_tle(stage.tle) if mix_cfg.text > 0 else None
     cache = StateCache(whisper.model.encoder, stage.cache_dir)
     model = WhisTLE(whisper, tle, tokenizer, sample_z=stage.sample_z, cache=cache)

@@ -25,7 +25,7 @@ from westkit.config import build, load_yaml, to_dict
 from westkit.data.loader import LoaderConfig, build_loader
 from westkit.decode.scoring import score
 from westkit.models.tle import TLE, TLEConfig, save_tle, speech_frames, tle_loss
-from westkit.models.whisper import WhisperAudioEncoder
+from westkit.models.whisper import WhisperAudioEncoder, load_whisper
 from westkit.models.whisper_decoder import StateCache, TLERegression, greedy_decode, language_ids, text_tokens
 from westkit.train import TrainConfig, Trainer, seed_everything
 from westkit.train import distributed, ds_config
@@ -48,15 +48,6 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output folder (checkpoints, logs, the TLE)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=20")
     return p.parse_args(argv)
-
-
-def load_whisper(name: str):
-    """(WhisperForConditionalGeneration in eval mode, its tokenizer) from an asset name/hub id/folder."""
-    from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
-
-    from westkit.assets import resolve
-    path = resolve(name)
-    return WhisperForConditionalGeneration.from_pretrained(path).eval(), WhisperTokenizerFast.from_pretrained(path)
 
 
 def make_eval_fn(loader, whisper, cfg: Stage1Config):
@@ -128,6 +119,7 @@ def main(argv=None) -> int:
     seed_everything(train_cfg.seed)  # before any module is made: the seed decides the TLE's init
 
     whisper, tokenizer = load_whisper(stage.whisper)
+    whisper.eval()
     whisper.to(info.device)  # the engine moves the teacher encoder; the read-back decoder follows
     # the TLE's vocabulary and output grid are the teacher's, whatever the YAML says
     tle_cfg = dataclasses.replace(tle_cfg, vocab_size=whisper.config.vocab_size,

@@ -29,6 +29,18 @@ def load_whisper_encoder(name_or_path: str, dtype: torch.dtype = torch.float32):
     return encoder
 
 
+def load_whisper(name_or_path: str):
+    """(WhisperForConditionalGeneration, WhisperTokenizerFast) of any Whisper checkpoint
+    (built-in asset name, hub id or local folder): the whole model, for recipes that train or
+    decode with its decoder."""
+    from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
+
+    from westkit.assets import resolve
+
+    path = resolve(name_or_path)
+    return WhisperForConditionalGeneration.from_pretrained(path), WhisperTokenizerFast.from_pretrained(path)
+
+
 class WhisperAudioEncoder(nn.Module):
     """Audio (B, T) at 16 kHz -> encoder states (B, F', D) with lengths (B,).
 
