@@ -55,7 +55,7 @@ def naive(jsonl: Path, n_mels: int) -> tuple[int, float]:
 def westkit_loader(folder: Path, workers: int, n_mels: int, device: str, features: bool,
                    pad_to_30s: bool = False) -> tuple[int, float]:
     """One evaluation pass of the shard loader (+ LogMel on ``device``)."""
-    from westkit.data.features import LogMel
+    from westkit.models.features import LogMel
     from westkit.data.loader import LoaderConfig, build_loader
 
     cfg = LoaderConfig(shards=[str(folder)], num_workers=workers, shuffle=False, max_duration=1e9,

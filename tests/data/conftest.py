@@ -7,11 +7,7 @@ from pathlib import Path
 
 import pytest
 
-
-@pytest.fixture(scope="session")
-def data_home(tmp_path_factory) -> Path:
-    """The folder used as WESTKIT_HOME by the data tests."""
-    return tmp_path_factory.mktemp("westkit_home")
+# `data_home` (the shared folder) is in tests/conftest.py: model tests read built corpora too
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,8 @@ from westkit.train import ds_config
 from westkit.train.config import TrainConfig
 from westkit.train.engine import freeze
 from westkit.train.logger import RunLogger, plot_curves, read_metrics
-from westkit.train.losses import accumulation_weights, count_tokens, token_cross_entropy
+from westkit.models.losses import count_tokens, token_cross_entropy
+from westkit.train.losses import accumulation_weights
 from westkit.train.schedule import lr_factor
 
 

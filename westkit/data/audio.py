@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000
+from westkit.models.features import SAMPLE_RATE  # the one sample-rate constant: what the models' front end expects
 
 
 class BadInput(Exception):

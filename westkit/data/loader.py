@@ -15,7 +15,8 @@ How it works (and why the guarantees hold):
    takes batches r, r + world_size, ... Every rank therefore yields the same number of batches,
    whatever the shard sizes, and training repeats epochs forever (training is by steps).
 4. A `torch.utils.data.DataLoader` asks for planned batches by (epoch, position); its workers
-   read members with one ``pread`` each, run `westkit.data.pipeline.STEPS` and collate.
+   read members with one ``pread`` each (and, with precomputed states, the state member),
+   run `westkit.data.pipeline.STEPS` plus the recipe's steps (tokenisation) and collate.
 5. The loader's state is the (epoch, position) of the next batch it will hand out, so
    ``load_state_dict`` resumes with exactly the batches the uninterrupted run would have seen.
 
@@ -69,6 +70,9 @@ class LoaderConfig:
     prefetch_factor: int = 2
     pin_memory: bool = False
     max_read_errors: int = 100
+    states: str | None = None
+    """A states folder made by ``westkit-encode`` for these shards: each sample then carries
+    its precomputed encoder states (``batch["states"]``), read by offset like its audio."""
 
 
 class Catalog:
@@ -76,7 +80,8 @@ class Catalog:
 
     Attributes: paths (shard files), shard (N,) int, duration (N,) float, has_audio (N,) bool,
     rows (N, 4) int64 [json_offset, json_size, flac_offset, flac_size], keys list[str],
-    bounds (S + 1,) where shard s holds ids bounds[s]:bounds[s + 1].
+    bounds (S + 1,) where shard s holds ids bounds[s]:bounds[s + 1]; with ``cfg.states``:
+    state_paths (state tar files) and state_rows (N, 3) int64 [file, offset, size].
     """
 
     def __init__(self, cfg: LoaderConfig):
@@ -118,6 +123,27 @@ class Catalog:
         self.rows = rows[idx]
         # samples are stored shard by shard, so shard s owns ids bounds[s]:bounds[s + 1]
         self.bounds = np.searchsorted(self.shard, np.arange(len(self.paths) + 1))
+        self.state_paths: list[str] = []
+        self.state_rows = None
+        if cfg.states:
+            self._add_states(cfg.states)
+
+    def _add_states(self, folder: str) -> None:
+        """Look every audio sample's states member up in the states folder's index."""
+        from westkit.data.states import read_states_index
+
+        index = read_states_index(folder)
+        where = {}
+        for shard in index["shards"]:
+            for key, offset, size in shard["samples"]:
+                where[key] = (len(self.state_paths), offset, size)
+            self.state_paths.append(str(Path(folder) / shard["name"]))
+        missing = [k for k, a in zip(self.keys, self.has_audio) if a and k not in where]
+        if missing:
+            raise ValueError(f"data config: states {folder} has no states for {len(missing)} of these "
+                             f"samples (e.g. {missing[0]!r}): run westkit-encode on the same shards")
+        self.state_rows = np.asarray([where.get(k, (-1, -1, 0)) for k in self.keys],
+                                     dtype=np.int64).reshape(-1, 3)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -217,8 +243,11 @@ def _even(batches: list[np.ndarray], world_size: int, train: bool) -> list[np.nd
 class PlannedBatches(Dataset):
     """Map-style dataset: ``ds[(epoch, position)]`` is this rank's planned batch, read and collated."""
 
-    def __init__(self, cat: Catalog, cfg: LoaderConfig, rank: int, world_size: int, train: bool):
+    def __init__(self, cat: Catalog, cfg: LoaderConfig, rank: int, world_size: int, train: bool,
+                 steps: tuple = ()):
         self.cat, self.cfg, self.rank, self.world_size, self.train = cat, cfg, rank, world_size, train
+        self.steps = tuple(steps)
+        self.files = cat.paths + cat.state_paths  # what _pread opens, by number
         self._plans: dict[int, list[np.ndarray]] = {}
         self._fds: dict[int, int] = {}
         self.errors = 0
@@ -249,7 +278,10 @@ class PlannedBatches(Dataset):
         try:
             raw = {"key": self.cat.keys[i], "json": self._pread(shard, j_off, j_size),
                    "flac": self._pread(shard, f_off, f_size) if f_off >= 0 else None}
-            return run_steps(raw)
+            if self.cat.state_rows is not None and self.cat.state_rows[i, 0] >= 0:
+                s_file, s_off, s_size = self.cat.state_rows[i].tolist()
+                raw["states"] = self._pread(len(self.cat.paths) + s_file, s_off, s_size)
+            return run_steps(raw, self.steps)
         except Exception as e:  # damaged shard: skip and count, within the budget
             self.errors += 1
             log.warning("data: skipped %s in %s: %s", self.cat.keys[i], self.cat.paths[shard], e)
@@ -260,13 +292,13 @@ class PlannedBatches(Dataset):
                                    "max_read_errors") from e
             return None
 
-    def _pread(self, shard: int, offset: int, size: int) -> bytes:
-        fd = self._fds.pop(shard, None)
+    def _pread(self, file: int, offset: int, size: int) -> bytes:
+        fd = self._fds.pop(file, None)
         if fd is None:
-            fd = os.open(self.cat.paths[shard], os.O_RDONLY)
+            fd = os.open(self.files[file], os.O_RDONLY)
             if len(self._fds) >= MAX_OPEN_SHARDS:  # least recently used first: dicts keep order
                 os.close(self._fds.pop(next(iter(self._fds))))
-        self._fds[shard] = fd  # (re)inserted last: most recently used
+        self._fds[file] = fd  # (re)inserted last: most recently used
         data = os.pread(fd, size, offset)
         if len(data) != size:
             raise OSError(f"truncated shard: wanted {size} bytes at {offset}, got {len(data)}")
@@ -304,12 +336,13 @@ class Loader:
     yields the same number of batches. ``state_dict()`` is the position of the next batch.
     """
 
-    def __init__(self, cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: bool = True):
+    def __init__(self, cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: bool = True,
+                 steps: tuple = ()):
         if not 0 <= rank < world_size:
             raise ValueError(f"data: rank {rank} outside world size {world_size}")
         self.cfg, self.rank, self.world_size, self.train = cfg, rank, world_size, train
         self.catalog = Catalog(cfg)
-        self.dataset = PlannedBatches(self.catalog, cfg, rank, world_size, train)
+        self.dataset = PlannedBatches(self.catalog, cfg, rank, world_size, train, steps)
         self.epoch, self.position = 0, 0
 
     def __len__(self) -> int:
@@ -346,6 +379,29 @@ class Loader:
             self.epoch, self.position = state["epoch"], state["position"]
 
 
-def build_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: bool = True) -> Loader:
-    """The loader for one rank: see `Loader` and the module docstring for its guarantees."""
-    return Loader(cfg, rank, world_size, train)
+    def require_audio(self, why: str) -> None:
+        """Fail before training when a recipe that needs audio is given text-only samples."""
+        n = int((~self.catalog.has_audio).sum())
+        if n:
+            raise ValueError(f"data config: {n} of {len(self.catalog)} samples in {self.cfg.shards} are "
+                             f"text-only, but {why}; give shards with audio (or filter them out)")
+
+
+def build_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: bool = True,
+                 steps: tuple = ()) -> Loader:
+    """The loader for one rank: see `Loader` and the module docstring for its guarantees.
+
+    ``steps``: the recipe's per-sample steps after `westkit.data.pipeline.STEPS` (its model's
+    tokenisation, `westkit.data.pipeline.tokenize`), run in the workers before collation."""
+    return Loader(cfg, rank, world_size, train, steps)
+
+
+def padding_report(loader: Loader) -> str:
+    """Audio padding of the first epoch's batch plan (metadata only), vs padding to 30 s."""
+    dur = loader.catalog.duration
+    plan = plan_epoch(loader.catalog, loader.cfg, 0, loader.world_size, train=True)
+    speech = sum(float(dur[b].sum()) for b in plan)
+    padded = sum(len(b) * float(dur[b].max()) for b in plan)
+    return (f"data: {len(dur)} utterances, {speech / 3600:.2f} h in {len(plan)} batches per epoch "
+            f"(all ranks); audio padding {100 * (1 - speech / max(padded, 1e-9)):.1f}% "
+            f"(padded to 30 s it would be {100 * (1 - speech / (30.0 * len(dur))):.1f}%)")

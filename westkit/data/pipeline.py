@@ -8,18 +8,30 @@ sample (after `STEPS`; one utterance, the project's sample schema):
     {"key": str, "audio": np.float32 (T,) 16 kHz mono, "sample_rate": 16000, "text": str,
      "duration": float s, "lang": str, "speaker": str, "source": str}
     a text-only sample has no "audio" and duration 0.
+    optional, added by recipe steps and the loader:
+    "targets" / "text_ids": list[int] (`tokenize`: what the model learns to say, or reads);
+    "states": np.float16 (T', D) precomputed encoder states (`westkit.data.states`).
 batch (`collate`):
     {"keys": list[str], "audio": FloatTensor (B, T) zero-padded, "audio_lens": LongTensor (B,),
-     "texts": list[str], "langs": list[str]}; a text-only batch has keys, texts, langs only.
+     "texts": list[str], "langs": list[str]}; a text-only batch has keys, texts, langs only;
+    with targets: "targets" LongTensor (B, L) padded with -100, "target_lens" (B,) and
+    "num_targets" int (what the engine weighs micro-batches by); with text_ids: "text_ids"
+    (B, L) padded with 0 and "text_lens" (B,); with states: "states" HalfTensor (B, T', D).
 """
 from __future__ import annotations
 
+import functools
+import io
 import json
+from typing import Callable
 
 import numpy as np
 import torch
 
 from westkit.data.audio import SAMPLE_RATE, conform, decode_flac
+
+IGNORE_INDEX = -100   # label padding, as `westkit.models.losses` expects
+TOKEN_FIELDS = {"targets": ("target_lens", IGNORE_INDEX), "text_ids": ("text_lens", 0)}
 
 
 def parse_meta(raw: dict) -> dict:
@@ -30,6 +42,8 @@ def parse_meta(raw: dict) -> dict:
               "source": meta.get("source", ""), "sample_rate": int(meta.get("sample_rate", SAMPLE_RATE))}
     if raw.get("flac") is not None:
         sample["flac"] = raw["flac"]
+    if raw.get("states") is not None:
+        sample["states"] = np.load(io.BytesIO(raw["states"]), allow_pickle=False)
     return sample
 
 
@@ -50,14 +64,28 @@ def to_16k_mono(sample: dict) -> dict:
     return dict(sample, audio=audio, sample_rate=SAMPLE_RATE, duration=len(audio) / SAMPLE_RATE)
 
 
-# the whole per-sample pipeline, in order; filtering and batching happen earlier, on metadata
+def _tokenize(sample: dict, field: str, encode: Callable[[str], list[int]]) -> dict:
+    return dict(sample, **{field: encode(sample["text"])})
+
+
+def tokenize(field: str, encode: Callable[[str], list[int]]) -> Callable[[dict], dict]:
+    """A step that adds ``sample[field] = encode(sample["text"])``; ``field`` is one of
+    `TOKEN_FIELDS`. ``encode`` comes from the model (its tokenizer and prompt), e.g.
+    ``tokenize("targets", model.prompt.target)``; it runs in the loader's workers."""
+    if field not in TOKEN_FIELDS:
+        raise ValueError(f"tokenize: field {field!r} is not one of {sorted(TOKEN_FIELDS)}")
+    return functools.partial(_tokenize, field=field, encode=encode)
+
+
+# the per-sample pipeline, in order; filtering and batching happen earlier, on metadata.
+# Recipes append their model's steps (`tokenize`) through `build_loader(..., steps=...)`.
 STEPS = (parse_meta, decode_audio, to_16k_mono)
 
 
-def run_steps(raw: dict) -> dict:
-    """Apply `STEPS` to one raw member."""
+def run_steps(raw: dict, extra: tuple = ()) -> dict:
+    """Apply `STEPS`, then the recipe's ``extra`` steps, to one raw member."""
     sample = raw
-    for step in STEPS:
+    for step in STEPS + tuple(extra):
         sample = step(sample)
     return sample
 
@@ -74,4 +102,20 @@ def collate(samples: list[dict]) -> dict:
             audio[i, :lens[i]] = s["audio"]
         batch["audio"] = torch.from_numpy(audio)
         batch["audio_lens"] = torch.tensor(lens, dtype=torch.long)
+    for field, (lens_key, pad) in TOKEN_FIELDS.items():
+        if field in samples[0]:
+            rows = [s[field] for s in samples]
+            lens = [len(r) for r in rows]
+            ids = torch.full((len(rows), max(lens)), pad, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, :lens[i]] = torch.tensor(r, dtype=torch.long)
+            batch[field], batch[lens_key] = ids, torch.tensor(lens, dtype=torch.long)
+    if "targets" in batch:
+        batch["num_targets"] = int(batch["target_lens"].sum())
+    if "states" in samples[0]:
+        width = max(len(s["states"]) for s in samples)
+        states = np.zeros((len(samples), width, samples[0]["states"].shape[-1]), dtype=np.float16)
+        for i, s in enumerate(samples):
+            states[i, :len(s["states"])] = s["states"]
+        batch["states"] = torch.from_numpy(states)
     return batch

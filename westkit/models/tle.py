@@ -96,6 +96,18 @@ def sinusoids(length: int, channels: int) -> torch.Tensor:
     return torch.cat([angle.sin(), angle.cos()], dim=1)
 
 
+def language_ids(langs: list[str], names: list[str] | None, device=None) -> torch.Tensor | None:
+    """Language names -> ids (B,) in the order of ``names`` (TLEConfig.langs); None without names."""
+    if not names:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted(set(langs) - set(index))
+    if unknown:
+        raise ValueError(f"language(s) {unknown} not in tle.langs={names}: add them to the TLE "
+                         f"config (and train the TLE on them) or filter the data")
+    return torch.tensor([index[x] for x in langs], dtype=torch.long, device=device)
+
+
 def speech_frames(audio_lens: torch.Tensor, n_frames: int, samples_per_frame: int = 320) -> torch.Tensor:
     """Encoder frames covered by speech: ceil(samples / 320) at 16 kHz, clamped to [1, n_frames].
 

@@ -24,7 +24,8 @@ from torch import nn
 
 from westkit.models.projector import ProjectorConfig, build_projector
 from westkit.models.whisper import WhisperAudioEncoder, load_whisper_encoder
-from westkit.train.losses import IGNORE_INDEX as IGNORE, token_cross_entropy
+from westkit.models.features import SAMPLE_RATE
+from westkit.models.losses import IGNORE_INDEX as IGNORE, token_cross_entropy
 
 AUDIO = "<audio>"
 
@@ -183,11 +184,12 @@ class WestModel(nn.Module):
         frames = audio[valid].to(tokens.dtype)  # (sum of lens, H), row-major like is_audio
         return tokens.masked_scatter(is_audio[..., None], frames)
 
-    def prompt_inputs(self, audio: torch.Tensor, audio_lens: torch.Tensor, texts: list[str] | None = None):
+    def prompt_inputs(self, audio: torch.Tensor, audio_lens: torch.Tensor,
+                      targets: list[list[int]] | None = None):
         """Everything the LLM needs for a batch: dict of ``inputs_embeds`` (B, L, H),
-        ``attention_mask``, ``position_ids`` and, with ``texts``, ``labels`` (all (B, L))."""
+        ``attention_mask``, ``position_ids`` and, with ``targets`` (per row, from
+        `ChatPrompt.target` in the data pipeline), ``labels`` (all (B, L))."""
         emb, n = self.audio_embeddings(audio, audio_lens)
-        targets = [self.prompt.target(t) for t in texts] if texts is not None else None
         ids, is_audio, mask, positions, labels = self.layout(n.tolist(), targets)
         dev = emb.device
         out = {"inputs_embeds": self.inputs_embeds(ids.to(dev), is_audio.to(dev), emb, n),
@@ -196,13 +198,12 @@ class WestModel(nn.Module):
             out["labels"] = labels.to(dev)
         return out
 
-    def count_loss_tokens(self, batch: dict) -> int:
-        """Target tokens ``forward`` will average over (the engine weighs micro-batches by it)."""
-        return sum(len(self.prompt.target(t)) for t in batch["texts"])
-
     def forward(self, batch: dict) -> dict:
-        """Mean cross-entropy over transcript + end-of-turn tokens, and counters for the logs."""
-        inputs = self.prompt_inputs(batch["audio"], batch["audio_lens"], batch["texts"])
+        """Mean cross-entropy over transcript + end-of-turn tokens, and counters for the logs.
+        ``batch["targets"]`` (B, L) / ``target_lens`` come from `ChatPrompt.target` in the
+        data pipeline (`westkit.data.pipeline.tokenize`)."""
+        targets = [row[:n].tolist() for row, n in zip(batch["targets"], batch["target_lens"].tolist())]
+        inputs = self.prompt_inputs(batch["audio"], batch["audio_lens"], targets)
         labels = inputs.pop("labels")
         # targets sit at the right end of every (left-padded) row: only those logits are needed
         keep = int((labels != IGNORE).sum(-1).max()) + 1
@@ -212,10 +213,21 @@ class WestModel(nn.Module):
         mask, audio_lens = inputs["attention_mask"], batch["audio_lens"]
         return {"loss": loss,
                 "num_tokens": num_tokens,
-                "audio_seconds": audio_lens.sum() / 16000.0,
+                "audio_seconds": audio_lens.sum() / SAMPLE_RATE,
                 # share of the batch that is padding: small when batches come from duration buckets
                 "audio_padding": 1.0 - audio_lens.sum() / batch["audio"].numel(),
                 "llm_padding": 1.0 - mask.sum() / mask.numel()}
+
+    def export(self, folder, state: dict[str, torch.Tensor]) -> list:
+        """Beside the engine's ``trainable.safetensors`` (projector, LoRA) and the recipe's
+        ``config.yaml``, which is what `westkit-recognize --west` loads: with LoRA, the adapter
+        alone as a PEFT folder (``lora/``) that ``PeftModel.from_pretrained`` takes."""
+        if not hasattr(self.llm, "peft_config"):
+            return []
+        out = folder / "lora"
+        adapter = {k[len("llm."):]: v for k, v in state.items() if k.startswith("llm.")}
+        self.llm.save_pretrained(out, state_dict=adapter)  # PEFT keeps the adapter's tensors
+        return [out]
 
 
 # -- a tiny random model for fast tests and smoke runs (no files, no network) ----------------

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from westkit.data.features import HOP, LogMel
+from westkit.models.features import HOP, SAMPLE_RATE, LogMel
+from westkit.models.losses import IGNORE_INDEX, token_cross_entropy
 
 
 def load_whisper_encoder(name_or_path: str, dtype: torch.dtype = torch.float32):
@@ -33,12 +34,12 @@ def load_whisper(name_or_path: str):
     """(WhisperForConditionalGeneration, WhisperTokenizerFast) of any Whisper checkpoint
     (built-in asset name, hub id or local folder): the whole model, for recipes that train or
     decode with its decoder."""
-    from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
+    from transformers import WhisperForConditionalGeneration
 
     from westkit.assets import resolve
 
     path = resolve(name_or_path)
-    return WhisperForConditionalGeneration.from_pretrained(path), WhisperTokenizerFast.from_pretrained(path)
+    return WhisperForConditionalGeneration.from_pretrained(path), load_whisper_tokenizer(path)
 
 
 class WhisperAudioEncoder(nn.Module):
@@ -76,7 +77,7 @@ class WhisperAudioEncoder(nn.Module):
             feats, feat_lens = self.logmel(audio, audio_lens, pad_to_30s=self.pad_to_30s)
             feats = feats.float()
             if feats.shape[-1] > self.max_frames:
-                raise ValueError(f"audio of {feats.shape[-1] * HOP / 16000:.1f} s is longer than "
+                raise ValueError(f"audio of {feats.shape[-1] * HOP / SAMPLE_RATE:.1f} s is longer than "
                                  f"Whisper's 30 s window: filter long utterances in the data config")
             return self.encode(feats, feat_lens)
 
@@ -124,3 +125,86 @@ def _length_mask(lens: torch.Tensor, width: int) -> torch.Tensor:
     """(B,) lengths -> (B, width) bool, True on real positions."""
     return torch.arange(width, device=lens.device)[None, :] < lens[:, None]
 
+
+
+def load_whisper_tokenizer(name_or_path: str):
+    """The ``WhisperTokenizerFast`` of any Whisper checkpoint (asset name, hub id or folder)."""
+    from transformers import WhisperTokenizerFast
+
+    from westkit.assets import resolve
+
+    return WhisperTokenizerFast.from_pretrained(resolve(name_or_path))
+
+
+def encoder_fingerprint(encoder: nn.Module) -> str:
+    """A short hash of a Whisper encoder's weights: states made by one encoder are only valid
+    for the same encoder (precomputed state shards record it, recipes check it). Hashes the
+    exact bytes of three tensors (float sums would differ with thread counts)."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for t in (encoder.conv1.weight, encoder.layers[-1].fc2.weight, encoder.layer_norm.weight):
+        digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class WhisperText:
+    """Per-sample text -> token ids for Whisper's decoder and the TLE (the data pipeline calls
+    these on every sample, so models never tokenise in ``forward``).
+
+    * `targets(text)`: what the decoder learns to say, ``text ids + <|endoftext|>``; the
+      decoder's input is ``prefix + targets[:-1]`` (`decoder_batch`). The prefix is the
+      tokenizer's own (``<|startoftranscript|><|notimestamps|>`` for English-only models, with
+      language and task tokens for multilingual ones) and is never scored.
+    * `text_ids(text)`: plain text tokens for the TLE, with the leading space Whisper puts
+      before the first word; an empty text becomes one space token so every row has a length.
+    """
+
+    def __init__(self, tokenizer, max_positions: int = 448):
+        self.tokenizer = tokenizer
+        self.prefix = list(tokenizer.prefix_tokens)
+        self.eot = tokenizer.eos_token_id
+        self.max_positions = max_positions
+
+    def _body(self, text: str) -> list[int]:
+        return self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+
+    def targets(self, text: str) -> list[int]:
+        ids = self._body(text) + [self.eot]
+        if len(self.prefix) + len(ids) > self.max_positions:
+            raise ValueError(f"transcript of {len(self.prefix) + len(ids)} tokens exceeds the decoder's "
+                             f"{self.max_positions} positions: filter long texts ({text[:60]!r}...)")
+        return ids
+
+    def text_ids(self, text: str) -> list[int]:
+        return self._body(text) or self.tokenizer.encode(" ", add_special_tokens=False)
+
+
+def decoder_batch(prefix: list[int], targets: torch.Tensor, target_lens: torch.Tensor, pad_id: int):
+    """Collated targets (B, L) (-100 padded) -> (decoder_input_ids (B, W), labels (B, W)).
+
+    Row i is ``prefix + targets[i][:-1]`` (padded with ``pad_id``), labels ``-100`` over the
+    prefix but its last position, then the targets: loss falls on the text and end tokens only.
+    """
+    b, n_prefix = len(target_lens), len(prefix)
+    width = n_prefix + int(target_lens.max()) - 1
+    inputs = torch.full((b, width), pad_id, dtype=torch.long, device=targets.device)
+    labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long, device=targets.device)
+    inputs[:, :n_prefix] = torch.tensor(prefix, device=targets.device)
+    for i, n in enumerate(target_lens.tolist()):
+        inputs[i, n_prefix:n_prefix + n - 1] = targets[i, :n - 1]
+        labels[i, n_prefix - 1:n_prefix - 1 + n] = targets[i, :n]
+    return inputs, labels
+
+
+def decoder_loss(whisper: nn.Module, states: torch.Tensor, input_ids: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced decoder cross-entropy on given encoder states.
+
+    whisper: transformers' ``WhisperForConditionalGeneration``; states (B, T, D) encoder states;
+    input_ids, labels (B, L) from `decoder_batch`. Returns (mean loss over scored tokens,
+    number of scored tokens). Padded input positions sit after every scored position, so the
+    causal decoder never lets them change a scored token.
+    """
+    out = whisper.model.decoder(input_ids=input_ids, encoder_hidden_states=states, use_cache=False)
+    return token_cross_entropy(whisper.proj_out(out.last_hidden_state), labels)

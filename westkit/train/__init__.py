@@ -11,9 +11,8 @@ from westkit.train.checkpoint import consolidate, seed_everything
 from westkit.train.config import TrainConfig
 from westkit.train.distributed import DistInfo, init as init_distributed
 from westkit.train.engine import Trainer, freeze
-from westkit.train.losses import accumulation_weights, count_tokens, token_cross_entropy
+from westkit.train.losses import accumulation_weights
 from westkit.train.preempt import PREEMPTED_EXIT_CODE
 
 __all__ = ["TrainConfig", "Trainer", "init_distributed", "DistInfo", "freeze",
-           "PREEMPTED_EXIT_CODE", "consolidate", "seed_everything", "token_cross_entropy",
-           "count_tokens", "accumulation_weights"]
+           "PREEMPTED_EXIT_CODE", "consolidate", "seed_everything", "accumulation_weights"]

@@ -2,10 +2,14 @@
 
 Model contract: an ``nn.Module`` whose ``forward(batch: dict) -> dict`` returns ``"loss"`` (a
 scalar mean over the micro-batch's target tokens) and optionally counters (``"num_tokens"``,
-``"audio_seconds"``). Optionally ``count_loss_tokens(batch) -> int`` (cheap, before forward)
-makes the update a true mean over all target tokens of a step (see `westkit.train.losses`).
+``"audio_seconds"``). Export contract: at the end the engine gathers the weights (all of them
+when the model says ``export_scope = "full"``, else the trainable ones), writes
+``trainable.safetensors`` and, on rank 0, calls ``model.export(out_dir, state) -> [paths]``
+when the model has it, so each model writes its own artifact from the live module.
 Loader contract: iterable of batch dicts, repeating forever for training, with
-``state_dict()`` / ``load_state_dict()`` giving its exact position.
+``state_dict()`` / ``load_state_dict()`` giving its exact position; a batch's ``num_targets``
+(counted by the data pipeline) makes the update a true mean over all target tokens of a step
+(see `westkit.train.losses`).
 """
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ import torch.distributed as dist
 
 from westkit.config import to_dict
 from westkit.train import distributed, ds_config as ds_configs
-from westkit.train.checkpoint import (Checkpointer, rng_state, save_safetensors, seed_everything,
-                                      set_rng_state, trainable_state_dict)
+from westkit.train.checkpoint import (Checkpointer, full_state_dict, rng_state, save_safetensors,
+                                      seed_everything, set_rng_state, trainable_state_dict)
 from westkit.train.config import TrainConfig
 from westkit.train.logger import make_logger
 from westkit.train.losses import accumulation_weights
@@ -182,9 +186,11 @@ class Trainer:
             window.append(batch)
         return window
 
-    def _loss_token_counts(self, window: list[dict]) -> list[int] | None:
-        count = getattr(self.engine.module, "count_loss_tokens", None)
-        return None if count is None else [int(count(b)) for b in window]
+    @staticmethod
+    def _loss_token_counts(window: list[dict]) -> list[int] | None:
+        if not all("num_targets" in b for b in window):
+            return None
+        return [int(b["num_targets"]) for b in window]
 
     def _log_train(self, stats: StepStats) -> dict:
         record = stats.reduce(self.dist.device)  # collective
@@ -220,11 +226,19 @@ class Trainer:
         return path
 
     def export(self, path: str | Path) -> Path:
-        """Trainable weights alone, gathered, as safetensors on rank 0 (collective)."""
-        state = trainable_state_dict(self.engine)
+        """The trained artifact (collective): trainable weights as safetensors at ``path``, and
+        whatever the model's own ``export(out_dir, state)`` writes (see the module docstring)."""
+        module = self.engine.module
+        full = getattr(module, "export_scope", "trainable") == "full"
+        state = full_state_dict(self.engine) if full else trainable_state_dict(self.engine)
         if self.dist.is_main:
-            save_safetensors(state, path, {"step": str(self.step)})
-            self.log.info(f"exported {len(state)} trainable tensors to {path}")
+            trained = {n for n, p in module.named_parameters() if p.requires_grad}
+            save_safetensors({k: v for k, v in state.items() if k in trained}, path,
+                             {"step": str(self.step)})
+            self.log.info(f"exported {len(trained)} trainable tensors to {path}")
+            if hasattr(module, "export"):
+                for written in module.export(self.out_dir, state):
+                    self.log.info(f"exported {written}")
         dist.barrier()
         return Path(path)
 

@@ -1,37 +1,13 @@
-"""Loss normalisation over tokens, shared by every recipe so they cannot drift.
+"""Loss normalisation over tokens across micro-batches and ranks, shared by every recipe.
 
-Models return ``loss`` as the mean over their target tokens in one micro-batch. Under gradient
-accumulation and data parallelism DeepSpeed averages those means with equal weight, which
-over-weights short utterances. When the model can count its target tokens before the forward
-pass (``count_loss_tokens(batch) -> int``), the engine rescales each micro-batch's loss with
-`accumulation_weights` so the update is the mean over *all* target tokens of the step.
+Models return ``loss`` as the mean over their target tokens in one micro-batch
+(`westkit.models.losses.token_cross_entropy`). Under gradient accumulation and data
+parallelism DeepSpeed averages those means with equal weight, which over-weights short
+utterances. When the batch says how many target tokens it holds (``num_targets``, counted by
+the data pipeline), the engine rescales each micro-batch's loss with `accumulation_weights`
+so the update is the mean over *all* target tokens of the step.
 """
 from __future__ import annotations
-
-import torch
-import torch.nn.functional as F
-
-IGNORE_INDEX = -100
-
-
-def count_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> int:
-    """Target tokens in ``labels`` (B, L): positions not equal to ``ignore_index``."""
-    return int((labels != ignore_index).sum().item())
-
-
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                        ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over target tokens, computed in float32.
-
-    ``logits`` (B, L, V) predict ``labels`` (B, L) at the same positions (shift before calling);
-    positions equal to ``ignore_index`` (prompt, audio, padding) carry no loss.
-    Returns ``(loss, num_tokens)``: a scalar mean (0 when there is no target token, not NaN)
-    and the token count as a 0-dim long tensor.
-    """
-    total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                            ignore_index=ignore_index, reduction="sum")
-    n = (labels != ignore_index).sum()
-    return total / n.clamp(min=1), n
 
 
 def accumulation_weights(counts: list[int], global_total: int, world_size: int) -> list[float]:

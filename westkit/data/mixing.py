@@ -20,7 +20,22 @@ Everything that decides the stream, the sources' own positions included, is in
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Iterable, Literal
+
+
+@dataclass
+class MixConfig:
+    """Relative weights of named batch sources (0 leaves one out) and how to follow them: the
+    ``mix:`` section of WhisTLE stage 2 (sources ``text``, ``audio``, ``tts``)."""
+    text: float = 1.0
+    audio: float = 1.0
+    tts: float = 0.0
+    mode: Literal["ratio", "random"] = "ratio"   # ratio: deterministic interleaving
+    seed: int = 0
+
+    def weight(self, source: str) -> float:
+        return float(getattr(self, source))
 
 
 def temperature_probs(counts: dict[str, float], alpha: float) -> dict[str, float]:

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from westkit.data.lang_sampling import MixedLoader, temperature_probs
+from westkit.data.mixing import MixedLoader, temperature_probs
 
 
 class Counter:

@@ -5,7 +5,7 @@ import torch
 from transformers import WhisperFeatureExtractor
 
 from westkit.data import corpora
-from westkit.data.features import LogMel
+from westkit.models.features import LogMel
 from westkit.data.loader import LoaderConfig, build_loader
 
 
