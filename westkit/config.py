@@ -50,16 +50,28 @@ def build(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"{where or cls.__name__}: unknown key(s) {unknown}; "
-                         f"known keys are {sorted(fields)}")
+        what = "section(s)" if _is_file(where) else "key(s)"
+        raise ValueError(f"{where or cls.__name__}: unknown {what} {unknown}; "
+                         f"known {what.replace('(s)', 's')} are {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
+        kwargs[name] = _coerce(hints[name], value, _join(where, name))
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ValueError(f"{where or cls.__name__}: {e}") from None
+
+
+def _is_file(where: str) -> bool:
+    return where.endswith((".yaml", ".yml", ".json"))
+
+
+def _join(where: str, name: str) -> str:
+    """``conf.yaml`` + ``model`` -> ``conf.yaml: model``; ``conf.yaml: model`` + ``lr`` -> ``...model.lr``."""
+    if not where:
+        return name
+    return f"{where}: {name}" if _is_file(where) else f"{where}.{name}"
 
 
 def _coerce(hint, value, where):

@@ -84,7 +84,7 @@ class WhisperRecognizer:
     """A plain Whisper model (transformers' ``generate``, 30 s windows) for comparison."""
 
     def __init__(self, model, tokenizer, gen: GenerateConfig, language: str | None = None):
-        from westkit.data.features import LogMel
+        from westkit.models.features import LogMel
 
         self.model = model.eval()
         self.tokenizer = tokenizer
