@@ -22,7 +22,7 @@ import yaml
 
 from westkit.config import build, load_yaml, to_dict
 from westkit.data.loader import LoaderConfig, build_loader, plan_epoch
-from westkit.decode.generate import GenerateConfig, greedy, token_budget
+from westkit.decode.search import GenerateConfig, LLMStep, greedy, token_budget
 from westkit.decode.scoring import score
 from westkit.models.west import WestConfig, WestModel
 from westkit.train import TrainConfig, Trainer, distributed, seed_everything
@@ -116,7 +116,7 @@ def init_eval(cfg: RecipeConfig, info):
             sums["loss"] += float(out["loss"]) * int(out["num_tokens"])
             sums["tokens"] += int(out["num_tokens"])
             inputs = model.prompt_inputs(batch["audio"], batch["audio_lens"])
-            hyps = greedy(model.llm, inputs, token_budget(batch["audio_lens"], gen),
+            hyps = greedy(LLMStep(model.llm, inputs), token_budget(batch["audio_lens"], gen),
                           model.prompt.stop_ids, everyone_done)
             texts = [model.prompt.decode(h.ids) for h in hyps]
             s = score(batch["texts"], texts)
