@@ -17,8 +17,9 @@ import torch
 
 from westkit.data import corpora
 from westkit.data.loader import LoaderConfig, build_loader
-from westkit.decode.generate import GenerateConfig
-from westkit.decode.recognize import WestRecognizer, list_batches
+from westkit.decode.recognize import list_batches
+from westkit.decode.recognizers import WestRecognizer
+from westkit.decode.search import GenerateConfig
 
 
 def main():
@@ -53,8 +54,8 @@ def main():
         start = time.perf_counter()
         for batch in list_batches(samples, bs, 1e9):
             out = rec(batch["audio"].to(device), batch["audio_lens"].to(device))
-            for key, (text, _) in zip(batch["keys"], out):
-                hyps[key] = text
+            for key, t in zip(batch["keys"], out):
+                hyps[key] = text = t.text
                 tokens += len(rec.model.prompt.tokenizer(text, add_special_tokens=False).input_ids)
         seconds = time.perf_counter() - start
         results[bs] = hyps

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import save_file
 
 from westkit.decode import recognize
-from westkit.decode.generate import GenerateConfig, greedy, token_budget
+from westkit.decode.search import GenerateConfig, LLMStep, greedy, token_budget
 from westkit.models.projector import ProjectorConfig
 from westkit.models.west import WestConfig, tiny_random
 
@@ -72,7 +72,7 @@ def test_decodes_a_run_folder_identically_at_any_batch_size(run, wavs, tmp_path)
     audio = torch.tensor(read_audio(str(wavs / "u3.wav")))[None]
     lens = torch.tensor([audio.shape[1]])
     gen = GenerateConfig(max_new_tokens=12)
-    want = greedy(model.llm, model.prompt_inputs(audio, lens), token_budget(lens, gen), model.prompt.stop_ids)[0]
+    want = greedy(LLMStep(model.llm, model.prompt_inputs(audio, lens)), token_budget(lens, gen), model.prompt.stop_ids)[0]
     assert one["u3"]["hyp"] == model.prompt.decode(want.ids)
     rep = json.loads((tmp_path / "b16" / "wer.json").read_text())
     assert rep["utterances"] == 12 and rep["all"]["ref_words"] == 24

@@ -38,3 +38,24 @@ def test_empty_reference_counts_hypothesis_as_insertions():
 def test_mismatched_lengths_is_a_user_error():
     with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
         score(["a", "b"], ["a"])
+
+
+REFS = ["the cat sat on the mat", "Hello, World!", "", "a b c", "one two three four", "colour"]
+HYPS = ["the bat sat on mat", "hello world", "uh huh", "a b c d", "one too", ""]
+
+
+def test_accumulator_over_batches_equals_scoring_everything_at_once():
+    from westkit.decode.scoring import WERAccumulator
+    from westkit.train.distributed import all_sum
+
+    whole = score(REFS, HYPS)
+    acc = WERAccumulator()
+    for i in range(0, len(REFS), 2):
+        acc.add(REFS[i:i + 2], HYPS[i:i + 2])
+    assert acc.reduce(all_sum, "cpu").result() == whole  # one process: the sum is itself
+    # two "ranks" holding halves: summing their counts gives the whole set's score, not the
+    # mean of their rates
+    a, b = WERAccumulator().add(REFS[:2], HYPS[:2]), WERAccumulator().add(REFS[2:], HYPS[2:])
+    assert a.reduce(lambda c: {k: v + b.counts[k] for k, v in c.items()}).result() == whole
+    mean_of_rates = (score(REFS[:2], HYPS[:2]).wer + score(REFS[2:], HYPS[2:]).wer) / 2
+    assert whole.wer != pytest.approx(mean_of_rates)

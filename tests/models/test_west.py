@@ -110,7 +110,7 @@ def test_learns_to_stop():
     """Trained on two utterances, greedy decoding reproduces each transcript and then emits the
     end-of-turn token instead of running to its budget (WeST v1's pad = eos never stopped).
     The two prompts differ only in their audio, so this also fails for a model that ignores it."""
-    from westkit.decode.generate import greedy
+    from westkit.decode.search import LLMStep, greedy
 
     torch.manual_seed(0)
     m = tiny_random(SHORT, dim=48)
@@ -123,7 +123,7 @@ def test_learns_to_stop():
         opt.step()
         opt.zero_grad()
     m.eval()
-    out = greedy(m.llm, m.prompt_inputs(batch["audio"], batch["audio_lens"]), [20, 20], m.prompt.stop_ids)
+    out = greedy(LLMStep(m.llm, m.prompt_inputs(batch["audio"], batch["audio_lens"])), [20, 20], m.prompt.stop_ids)
     assert [m.prompt.decode(o.ids) for o in out] == texts
     assert not any(o.hit_limit for o in out)
 

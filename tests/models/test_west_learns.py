@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from westkit.data.audio import read_audio
-from westkit.decode.generate import GenerateConfig, greedy, token_budget
+from westkit.decode.search import GenerateConfig, LLMStep, greedy, token_budget
 from westkit.decode.scoring import score
 from westkit.models.projector import ProjectorConfig
 from westkit.models.west import WestConfig, WestModel
@@ -40,7 +40,7 @@ def test_projector_learns_real_speech(whisper_tiny_path, smollm2_path, tmp_path)
     def decode(rows):
         model.eval()
         a, n = audio[rows, :int(lens[rows].max())], lens[rows]
-        out = greedy(model.llm, model.prompt_inputs(a, n), token_budget(n, gen), model.prompt.stop_ids)
+        out = greedy(LLMStep(model.llm, model.prompt_inputs(a, n)), token_budget(n, gen), model.prompt.stop_ids)
         model.train()
         return [model.prompt.decode(o.ids) for o in out], [o.hit_limit for o in out]
 

@@ -29,108 +29,11 @@ import torch
 from tqdm import tqdm
 
 from westkit.decode import guards
-from westkit.decode.generate import GenerateConfig, beam_search, greedy, token_budget
+from westkit.decode.recognizers import WestRecognizer, WhisperRecognizer
+from westkit.decode.search import GenerateConfig
 from westkit.decode.scoring import score
 
 log = logging.getLogger("westkit.recognize")
-
-
-# -- recognisers: batch (audio, lens) -> [(text, hit_limit)] ------------------------------------
-
-class WestRecognizer:
-    """A WeST model (`westkit.models.west.WestModel`) decoding with `greedy` / `beam_search`."""
-
-    def __init__(self, model, gen: GenerateConfig):
-        self.model = model.eval()
-        self.gen = gen
-
-    @classmethod
-    def load(cls, run: str | None, weights: str | None, config: str | None, gen: GenerateConfig,
-             device: torch.device, dtype: torch.dtype, overrides: list[str] = ()) -> WestRecognizer:
-        """Rebuild the model from the recipe config and load the exported trainable weights."""
-        from safetensors.torch import load_file
-
-        from westkit.config import build, load_yaml
-        from westkit.models.west import WestConfig, WestModel
-
-        weights, config = _west_files(run, weights, config)
-        cfg = build(WestConfig, load_yaml(config, overrides).get("model"), f"{config}: model")
-        model = WestModel.from_config(cfg)
-        state = load_file(weights)
-        names = dict(model.named_parameters())
-        unknown = sorted(set(state) - set(names))
-        if unknown:
-            raise ValueError(f"{weights}: {len(unknown)} weights are not in the model built from "
-                             f"{config} (e.g. {unknown[:3]}); is this the run's own config?")
-        if not any(k.startswith("projector.") for k in state):
-            raise ValueError(f"{weights}: holds no projector weights; export the trainable weights "
-                             "of a west run (train.export_trainable: true)")
-        model.load_state_dict(state, strict=False)
-        return cls(model.to(device=device, dtype=dtype), gen)
-
-    def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> list[tuple[str, bool]]:
-        m = self.model
-        inputs = m.prompt_inputs(audio, audio_lens)
-        budgets = token_budget(audio_lens, self.gen)
-        if self.gen.beam > 1:
-            outs = beam_search(m.llm, inputs, budgets, m.prompt.stop_ids, self.gen.beam, m.pad_id,
-                               self.gen.length_penalty)
-        else:
-            outs = greedy(m.llm, inputs, budgets, m.prompt.stop_ids)
-        return [(m.prompt.decode(o.ids), o.hit_limit) for o in outs]
-
-
-class WhisperRecognizer:
-    """A plain Whisper model (transformers' ``generate``, 30 s windows) for comparison."""
-
-    def __init__(self, model, tokenizer, gen: GenerateConfig, language: str | None = None):
-        from westkit.models.features import LogMel
-
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.gen = gen
-        self.language = language
-        self.logmel = LogMel(model.config.num_mel_bins).to(model.device)
-
-    @classmethod
-    def load(cls, name: str, gen: GenerateConfig, device, dtype, language=None) -> WhisperRecognizer:
-        from transformers import AutoTokenizer, WhisperForConditionalGeneration
-
-        from westkit.assets import resolve
-
-        path = resolve(name)
-        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
-        return cls(model, AutoTokenizer.from_pretrained(path), gen, language)
-
-    @torch.no_grad()
-    def __call__(self, audio, audio_lens):
-        feats, _ = self.logmel(audio, audio_lens, pad_to_30s=True)
-        budgets = token_budget(audio_lens, self.gen)
-        # Whisper's decoder holds 448 positions, a few of which the task prompt uses
-        cap = min(max(budgets), self.model.config.max_target_positions - 8)
-        kwargs = {"language": self.language} if self.language else {}
-        seqs = self.model.generate(feats.to(self.model.dtype), num_beams=self.gen.beam,
-                                   max_new_tokens=cap, **kwargs)
-        special = set(self.tokenizer.all_special_ids)
-        out = []
-        for row, budget in zip(seqs.tolist(), budgets):
-            words = [t for t in row if t not in special][:budget]
-            hit = len(words) >= min(budget, cap) and row[-1] not in special
-            out.append((self.tokenizer.decode(words).strip(), hit))
-        return out
-
-
-def _west_files(run, weights, config) -> tuple[str, str]:
-    if run:
-        weights = weights or os.path.join(run, "trainable.safetensors")
-        config = config or os.path.join(run, "config.yaml")
-    if not weights or not config:
-        raise ValueError("--west RUN_DIR, or both --weights and --config, name the model")
-    for what, path in (("weights", weights), ("config", config)):
-        if not os.path.isfile(path):
-            hint = " (the engine writes it at the end of training)" if what == "weights" else ""
-            raise ValueError(f"{what} file not found: {path}{hint}")
-    return weights, config
 
 
 # -- inputs: batches in the project's batch schema ---------------------------------------------
@@ -203,8 +106,8 @@ def decode(recognizer, batches, device, guard_cfg: guards.GuardConfig, total: in
     rows = []
     for batch in tqdm(batches, desc="decoding", total=total, unit="batch"):
         audio, lens = batch["audio"].to(device), batch["audio_lens"].to(device)
-        for i, (text, hit) in enumerate(recognizer(audio, lens)):
-            n = int(batch["audio_lens"][i])
+        for i, t in enumerate(recognizer(audio, lens)):
+            n, text, hit = int(batch["audio_lens"][i]), t.text, t.hit_limit
             rows.append({"key": batch["keys"][i], "ref": batch["texts"][i], "hyp": text,
                          "flags": guards.check(text, batch["audio"][i, :n].numpy(), guard_cfg, hit),
                          "duration": round(n / 16000, 3)})

@@ -58,36 +58,66 @@ class Score:
                 f"{self.utterances} utterances")
 
 
+class WERAccumulator:
+    """Corpus WER/CER over batches and ranks: sums edit counts (never averages rates), so
+    ``add`` per batch, ``reduce`` over ranks and ``result`` equal `score` on everything at once.
+
+        acc = WERAccumulator()
+        for batch in loader:
+            acc.add(batch["texts"], hyps)
+        score = acc.reduce(all_sum, device).result()   # all_sum: westkit.train.distributed
+    """
+    FIELDS = ("substitutions", "deletions", "insertions", "hits", "char_errors", "ref_chars", "utterances")
+
+    def __init__(self, normalise: bool = True):
+        self.normalise = normalise
+        self.counts = dict.fromkeys(self.FIELDS, 0)
+
+    def add(self, refs: list[str], hyps: list[str]) -> WERAccumulator:
+        """Count the edits of ``hyps`` against ``refs`` (pairwise, same order)."""
+        if len(refs) != len(hyps):
+            raise ValueError(f"score: {len(refs)} references but {len(hyps)} hypotheses")
+        if self.normalise:
+            refs, hyps = [normalize(r) for r in refs], [normalize(h) for h in hyps]
+        refs = [" ".join(r.split()) for r in refs]
+        hyps = [" ".join(h.split()) for h in hyps]
+        c = self.counts
+        c["utterances"] += len(refs)
+        # a reference empty after normalisation: its hypothesis words are insertions
+        c["insertions"] += sum(len(h.split()) for r, h in zip(refs, hyps) if not r)
+        c["char_errors"] += sum(len(h) for r, h in zip(refs, hyps) if not r)
+        pairs = [(r, h) for r, h in zip(refs, hyps) if r]
+        if pairs:
+            r, h = map(list, zip(*pairs))
+            w = jiwer.process_words(r, h)
+            for k in ("substitutions", "deletions", "insertions", "hits"):
+                c[k] += getattr(w, k)
+            ch = jiwer.process_characters(r, h)
+            c["char_errors"] += ch.substitutions + ch.deletions + ch.insertions
+            c["ref_chars"] += ch.substitutions + ch.deletions + ch.hits
+        return self
+
+    def reduce(self, all_sum, *args) -> WERAccumulator:
+        """Sum the counts over ranks: ``all_sum(dict, *args) -> dict`` (e.g.
+        `westkit.train.distributed.all_sum` with its device). Every rank must call it."""
+        self.counts = {k: int(round(v)) for k, v in all_sum(dict(self.counts), *args).items()}
+        return self
+
+    def result(self) -> Score:
+        c = self.counts
+        s, d, i = c["substitutions"], c["deletions"], c["insertions"]
+        ref_words = s + d + c["hits"]
+        return Score(
+            wer=(s + d + i) / ref_words if ref_words else float(i > 0),
+            cer=c["char_errors"] / c["ref_chars"] if c["ref_chars"] else float(c["char_errors"] > 0),
+            substitutions=s, deletions=d, insertions=i, hits=c["hits"],
+            ref_words=ref_words, ref_chars=c["ref_chars"], utterances=c["utterances"])
+
+
 def score(refs: list[str], hyps: list[str], normalise: bool = True) -> Score:
     """Corpus-level WER and CER of ``hyps`` against ``refs`` (pairwise, same order).
 
     A reference that is empty after normalisation contributes its hypothesis words as
     insertions (so the rate is still errors / reference words over the whole set).
     """
-    if len(refs) != len(hyps):
-        raise ValueError(f"score: {len(refs)} references but {len(hyps)} hypotheses")
-    if normalise:
-        refs = [normalize(r) for r in refs]
-        hyps = [normalize(h) for h in hyps]
-    refs = [" ".join(r.split()) for r in refs]
-    hyps = [" ".join(h.split()) for h in hyps]
-    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
-    extra_words = sum(len(h.split()) for r, h in zip(refs, hyps) if not r)
-    extra_chars = sum(len(h) for r, h in zip(refs, hyps) if not r)
-    s = d = i = hits = ref_words = 0
-    c_err = ref_chars = 0
-    if pairs:
-        r, h = zip(*pairs)
-        w = jiwer.process_words(list(r), list(h))
-        s, d, i, hits = w.substitutions, w.deletions, w.insertions, w.hits
-        ref_words = s + d + hits
-        c = jiwer.process_characters(list(r), list(h))
-        c_err = c.substitutions + c.deletions + c.insertions
-        ref_chars = c.substitutions + c.deletions + c.hits
-    i += extra_words
-    c_err += extra_chars
-    return Score(
-        wer=(s + d + i) / ref_words if ref_words else float(i > 0),
-        cer=c_err / ref_chars if ref_chars else float(c_err > 0),
-        substitutions=s, deletions=d, insertions=i, hits=hits,
-        ref_words=ref_words, ref_chars=ref_chars, utterances=len(refs))
+    return WERAccumulator(normalise).add(refs, hyps).result()

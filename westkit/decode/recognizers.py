@@ -1,0 +1,125 @@
+"""Recognisers: a batch of audio -> transcripts, for every model kind, over one decoding core.
+
+`WestRecognizer` (a `westkit.models.west.WestModel`: `LLMStep`) and `WhisperRecognizer` (a
+plain or adapted Whisper: `WhisperStep`) both decode with `westkit.decode.search`, so
+training-time evaluation and `westkit-recognize` give the same hypotheses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import torch
+
+from westkit.decode.search import GenerateConfig, LLMStep, WhisperStep, search, token_budget
+
+Done = Callable[[bool], bool] | None
+
+
+@dataclasses.dataclass
+class Transcript:
+    """One utterance's result: text, its token ids (no stop token), and whether the budget cut it."""
+    text: str
+    ids: list[int]
+    hit_limit: bool
+
+
+class WestRecognizer:
+    """A WeST model: audio -> left-padded prompt embeddings -> the LLM's search."""
+
+    def __init__(self, model, gen: GenerateConfig):
+        self.model = model.eval()
+        self.gen = gen
+
+    @classmethod
+    def load(cls, run: str | None, weights: str | None, config: str | None, gen: GenerateConfig,
+             device: torch.device, dtype: torch.dtype, overrides: list[str] = ()) -> WestRecognizer:
+        """Rebuild the model from the recipe config and load the exported trainable weights."""
+        from safetensors.torch import load_file
+
+        from westkit.config import build, load_yaml
+        from westkit.models.west import WestConfig, WestModel
+
+        weights, config = west_files(run, weights, config)
+        cfg = build(WestConfig, load_yaml(config, overrides).get("model"), f"{config}: model")
+        model = WestModel.from_config(cfg)
+        state = load_file(weights)
+        names = dict(model.named_parameters())
+        unknown = sorted(set(state) - set(names))
+        if unknown:
+            raise ValueError(f"{weights}: {len(unknown)} weights are not in the model built from "
+                             f"{config} (e.g. {unknown[:3]}); is this the run's own config?")
+        if not any(k.startswith("projector.") for k in state):
+            raise ValueError(f"{weights}: holds no projector weights; export the trainable weights "
+                             "of a west run (train.export_trainable: true)")
+        model.load_state_dict(state, strict=False)
+        return cls(model.to(device=device, dtype=dtype), gen)
+
+    @torch.no_grad()
+    def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor, everyone_done: Done = None) -> list[Transcript]:
+        """audio (B, T) zero-padded at 16 kHz, audio_lens (B,) -> one `Transcript` per row."""
+        m = self.model
+        step = LLMStep(m.llm, m.prompt_inputs(audio, audio_lens))
+        outs = search(step, token_budget(audio_lens, self.gen), m.prompt.stop_ids, self.gen, everyone_done)
+        return [Transcript(m.prompt.decode(o.ids), o.ids, o.hit_limit) for o in outs]
+
+
+class WhisperRecognizer:
+    """Whisper (``WhisperForConditionalGeneration``): its encoder over the 30 s window, then
+    its decoder from the tokenizer's prefix (no timestamps), no special token but the end."""
+
+    def __init__(self, whisper, tokenizer, gen: GenerateConfig, language: str | None = None):
+        from westkit.models.whisper import WhisperAudioEncoder
+
+        self.whisper = whisper.eval()
+        self.tokenizer = tokenizer
+        self.gen = gen
+        if language:
+            tokenizer.set_prefix_tokens(language=language, task="transcribe")
+        self.prefix = list(tokenizer.prefix_tokens)
+        self.eot = tokenizer.eos_token_id
+        self.encoder = WhisperAudioEncoder(whisper.model.encoder, pad_to_30s=True)
+
+    @classmethod
+    def load(cls, name: str, gen: GenerateConfig, device, dtype, language=None) -> WhisperRecognizer:
+        """Any Whisper checkpoint: built-in asset name, hub id or local folder."""
+        from westkit.models.whisper import load_whisper
+
+        whisper, tokenizer = load_whisper(name)
+        return cls(whisper.to(device=device, dtype=dtype), tokenizer, gen, language)
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> torch.Tensor:
+        """audio (B, T), audio_lens (B,) -> encoder states (B, 1500, D). Only the first 30 s of
+        each utterance are heard (Whisper's window): callers flag longer ones."""
+        return self.encoder(audio, audio_lens)[0].to(self.whisper.proj_out.weight.dtype)
+
+    @torch.no_grad()
+    def decode_states(self, states: torch.Tensor, audio_lens: torch.Tensor | None = None,
+                      everyone_done: Done = None) -> list[Transcript]:
+        """Encoder states (B, T, D) -> transcripts; budgets from ``audio_lens`` (B,) samples, or
+        ``gen.max_new_tokens`` per row without them (e.g. states a TLE made from text)."""
+        budgets = (token_budget(audio_lens, self.gen) if audio_lens is not None
+                   else [self.gen.max_new_tokens] * states.shape[0])
+        step = WhisperStep(self.whisper, states, self.prefix, self.eot)
+        outs = search(step, budgets, [self.eot], self.gen, everyone_done)
+        return [Transcript(self.tokenizer.decode(o.ids, skip_special_tokens=True).strip(), o.ids, o.hit_limit)
+                for o in outs]
+
+    def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor, everyone_done: Done = None) -> list[Transcript]:
+        return self.decode_states(self.encode(audio, audio_lens), audio_lens, everyone_done)
+
+
+def west_files(run, weights, config) -> tuple[str, str]:
+    """(weights, config) of a west run folder or of the explicit files; ValueError if missing."""
+    if run:
+        weights = weights or os.path.join(run, "trainable.safetensors")
+        config = config or os.path.join(run, "config.yaml")
+    if not weights or not config:
+        raise ValueError("--west RUN_DIR, or both --weights and --config, name the model")
+    for what, path in (("weights", weights), ("config", config)):
+        if not os.path.isfile(path):
+            hint = " (the engine writes it at the end of training)" if what == "weights" else ""
+            raise ValueError(f"{what} file not found: {path}{hint}")
+    return weights, config
