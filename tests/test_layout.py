@@ -32,3 +32,37 @@ def test_models_have_no_distributed_code():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "westkit" / "models").rglob("*.py")
                  if "torch.distributed" in p.read_text() or "deepspeed" in p.read_text()]
     assert offenders == []
+
+
+def _imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_models_import_neither_the_engine_nor_the_data_layer():
+    """A batch flows data -> models -> train: models are plain modules over collated batches
+    (per-sample work such as tokenising happens in the data pipeline), so they import none of
+    westkit.train, westkit.data or westkit.decode, at module level or inside functions."""
+    offenders = [f"{p.relative_to(ROOT)}: {n}" for p in (ROOT / "westkit" / "models").rglob("*.py")
+                 for n in _imports(p) if n.split(".")[:2] in (["westkit", "train"], ["westkit", "data"],
+                                                               ["westkit", "decode"])]
+    assert offenders == []
+
+
+def test_recipes_never_ask_which_rank_they_are():
+    """Rank 0 is handled structurally (`westkit.recipe.Run.say`, the engine's logger)."""
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.py")
+                 if "is_main" in p.read_text() or "get_rank" in p.read_text()]
+    assert offenders == []
+
+
+def test_one_sample_rate_constant():
+    """16 kHz is written once (westkit.models.features.SAMPLE_RATE); everything else imports it."""
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "westkit").rglob("*.py")
+                 if "16000" in p.read_text() and p != ROOT / "westkit" / "models" / "features.py"]
+    assert offenders == []

@@ -160,7 +160,7 @@ def whisper_step(whisper, tok, s):
 
 
 @torch.no_grad()
-def reference_greedy_decode(whisper: nn.Module, states: torch.Tensor, tokenizer, max_new_tokens: int = 128) -> list[str]:
+def reference_greedy_decode(whisper, states: torch.Tensor, tokenizer, max_new_tokens: int = 128) -> list[str]:
     """The Whisper greedy decoder westkit had before the one decoding core (as it was, for
     this regression test): the demo's recorded table came from it, so the core must match it."""
     eot = tokenizer.eos_token_id

@@ -4,19 +4,27 @@ import fnmatch
 import pytest
 import torch
 
+from westkit.data.pipeline import collate, tokenize
 from westkit.models.projector import ProjectorConfig
 from westkit.models.west import AUDIO, ChatPrompt, LoraSettings, WestConfig, char_tokenizer, tiny_random
 
 SHORT = WestConfig(projector=ProjectorConfig(rate=2, hidden=64), system=None, prompt=f"hear {AUDIO}")
 
 
-def make_batch(lens, texts, seed=0):
+def make_batch(lens, texts, seed=0, prompt=None):
+    """A batch as the recipe's loader makes it: audio, and targets from the pipeline's
+    tokenize step with the model's prompt (collated: targets, target_lens, num_targets)."""
     g = torch.Generator().manual_seed(seed)
     lens = torch.tensor(lens)
     audio = torch.zeros(len(lens), int(lens.max()))
     for i, n in enumerate(lens.tolist()):
         audio[i, :n] = torch.randn(n, generator=g) * 0.1
-    return {"audio": audio, "audio_lens": lens, "texts": list(texts)}
+    batch = {"audio": audio, "audio_lens": lens, "texts": list(texts)}
+    # every tiny model shares the char tokenizer, so one prompt's targets fit them all
+    step = tokenize("targets", (prompt or ChatPrompt(char_tokenizer(), f"hear {AUDIO}", None)).target)
+    tok = collate([step({"key": str(i), "text": t, "lang": ""}) for i, t in enumerate(texts)])
+    batch.update({k: tok[k] for k in ("targets", "target_lens", "num_targets")})
+    return batch
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +84,12 @@ def test_loss_is_token_mean_and_independent_of_batching(model):
     texts = ["one two", "three", "four five six"]
     batch = make_batch([12000, 5000, 16000], texts)
     out = model(batch)
-    assert int(out["num_tokens"]) == sum(len(t) + 1 for t in texts) == model.count_loss_tokens(batch)
+    assert int(out["num_tokens"]) == sum(len(t) + 1 for t in texts) == batch["num_targets"]
     total = 0.0
     for i in range(3):
         n = int(batch["audio_lens"][i])
         one = model({"audio": batch["audio"][i:i + 1, :n], "audio_lens": batch["audio_lens"][i:i + 1],
+                     "targets": batch["targets"][i:i + 1], "target_lens": batch["target_lens"][i:i + 1],
                      "texts": [texts[i]]})
         total += float(one["loss"].detach()) * int(one["num_tokens"])
     assert float(out["loss"]) == pytest.approx(total / int(out["num_tokens"]), rel=1e-5)

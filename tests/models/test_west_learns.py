@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from westkit.data.audio import read_audio
+from westkit.data.pipeline import collate, tokenize
 from westkit.decode.search import GenerateConfig, LLMStep, greedy, token_budget
 from westkit.decode.scoring import score
 from westkit.models.projector import ProjectorConfig
@@ -33,6 +34,9 @@ def test_projector_learns_real_speech(whisper_tiny_path, smollm2_path, tmp_path)
     cfg = WestConfig(encoder=whisper_tiny_path, llm=smollm2_path, system="Transcribe.", prompt="<audio>",
                      projector=ProjectorConfig(kind="conv1d", rate=8, hidden=1024))
     model = WestModel.from_config(cfg)
+    targets = collate([tokenize("targets", model.prompt.target)({"key": str(i), "text": t, "lang": ""})
+                       for i, t in enumerate(SENTENCES)])  # what the recipe's loader adds
+    batch.update({k: targets[k] for k in ("targets", "target_lens", "num_targets")})
     assert freeze(model, ["projector.*"])  # what the engine does with train.trainable
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     gen = GenerateConfig()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from westkit.config import build, load_yaml
+from westkit.recipe import load_config
 from westkit.data.loader import LoaderConfig
 from westkit.models.projector import build_projector
 from westkit.models.west import WestConfig
@@ -48,23 +49,23 @@ def test_shipped_config_parses_and_builds(path):
 
 def test_recipe_reads_every_section_and_rejects_unknown_keys(tmp_path):
     train = recipe()
-    cfg = train.init_config(str(CONF / "tiny.yaml"), ["train.max_steps=70", "model.projector.rate=3"])
+    cfg = load_config(train.RecipeConfig, str(CONF / "tiny.yaml"), ["train.max_steps=70", "model.projector.rate=3"])
     assert cfg.train.max_steps == 70 and cfg.model.projector.rate == 3
     assert cfg.data.shards == ["general-train"]  # a corpus name: the loader makes and finds it
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {projector: {kind: conv1d, ratio: 4}}\n")
     with pytest.raises(ValueError, match=r"bad.yaml: model.projector.*ratio"):
-        train.init_config(str(bad), [])
+        load_config(train.RecipeConfig, str(bad), [])
     bad.write_text("modle: {}\n")
     with pytest.raises(ValueError, match="unknown section"):
-        train.init_config(str(bad), [])
+        load_config(train.RecipeConfig, str(bad), [])
 
 
 def test_tiny_config_builds_the_real_model(whisper_tiny_path, smollm2_path):
     from westkit.models.west import WestModel
 
-    cfg = recipe().init_config(str(CONF / "tiny.yaml"), [f"model.encoder={whisper_tiny_path}",
-                                                          f"model.llm={smollm2_path}"])
+    cfg = load_config(recipe().RecipeConfig, str(CONF / "tiny.yaml"), [f"model.encoder={whisper_tiny_path}",
+                                                                       f"model.llm={smollm2_path}"])
     model = WestModel.from_config(cfg.model)
     names = [n for n, _ in model.named_parameters()]
     from westkit.train import freeze

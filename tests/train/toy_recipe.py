@@ -39,8 +39,8 @@ import time
 import torch
 import torch.nn as nn
 
-from westkit.train import (TrainConfig, Trainer, init_distributed, seed_everything,
-                           token_cross_entropy)
+from westkit.models.losses import token_cross_entropy
+from westkit.train import TrainConfig, Trainer, init_distributed, seed_everything
 from westkit.train import checkpoint as checkpoint_module
 from westkit.train.distributed import all_sum
 from westkit.train.metrics import audio_seconds
@@ -70,9 +70,10 @@ class ToyModel(nn.Module):
             out[i, :len(t)] = torch.tensor([(ord(c) - ord("a")) % VOCAB for c in t])
         return out
 
-    def count_loss_tokens(self, batch: dict) -> int:
-        frames = -(-batch["audio"].shape[1] // FRAME)
-        return sum(min(len(t), frames) for t in batch["texts"])
+    @staticmethod
+    def symbols(text: str) -> list[int]:
+        """The target ids of a text (the data pipeline's tokenize step for real shards)."""
+        return [(ord(c) - ord("a")) % VOCAB for c in text]
 
     def forward(self, batch: dict) -> dict:
         if self.step_seconds:
@@ -111,7 +112,8 @@ class ToyLoader:
         texts = ["".join(chr(ord("a") + int(s)) for s in row[:n]) for row, n in zip(symbols, lens)]
         return {"keys": [f"r{self.rank}-b{index}-{i}" for i in range(self.batch_size)],
                 "audio": x.reshape(self.batch_size, frames * FRAME),
-                "audio_lens": lens * FRAME, "texts": texts, "langs": ["en"] * self.batch_size}
+                "audio_lens": lens * FRAME, "texts": texts, "langs": ["en"] * self.batch_size,
+                "num_targets": int(lens.sum())}  # what the loss averages over
 
     def __iter__(self):
         while self.num_batches is None or self.index < self.num_batches:
@@ -181,8 +183,10 @@ def main(argv=None) -> int:
     model = ToyModel(step_seconds=args.step_seconds)
     if args.shards:
         from westkit.data.loader import LoaderConfig, build_loader
+        from westkit.data.pipeline import tokenize
         loader = build_loader(LoaderConfig(shards=[args.shards], max_batch_seconds=4.0,
-                                           num_workers=0, seed=args.seed), rank, world)
+                                           num_workers=0, seed=args.seed), rank, world,
+                              steps=[tokenize("targets", ToyModel.symbols)])
     else:
         loader = ToyLoader(args.seed, rank, num_batches=(
             None if args.uneven is None else args.uneven + 3 * rank))

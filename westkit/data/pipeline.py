@@ -5,7 +5,7 @@ Schemas
 raw member (what the loader reads from a tar by offset):
     {"key": str, "json": bytes, "flac": bytes | None}
 sample (after `STEPS`; one utterance, the project's sample schema):
-    {"key": str, "audio": np.float32 (T,) 16 kHz mono, "sample_rate": 16000, "text": str,
+    {"key": str, "audio": np.float32 (T,) 16 kHz mono, "sample_rate": SAMPLE_RATE, "text": str,
      "duration": float s, "lang": str, "speaker": str, "source": str}
     a text-only sample has no "audio" and duration 0.
     optional, added by recipe steps and the loader:

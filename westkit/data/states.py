@@ -39,7 +39,8 @@ def read_states_index(folder: str | Path) -> dict:
                          f"`westkit-encode SHARDS --out {folder} --model NAME`")
     index = json.loads(path.read_text())
     if index.get("kind") != "states":
-        raise ValueError(f"{path} is not a states index (made by westkit-encode)")
+        raise ValueError(f"{folder} is not a states folder (its {INDEX} was not made by westkit-encode): "
+                         f"make one with `westkit-encode SHARDS --out NEW_FOLDER --model NAME`")
     return index
 
 

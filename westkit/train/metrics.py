@@ -11,21 +11,17 @@ import time
 
 import torch
 
+from westkit.models.features import SAMPLE_RATE
 from westkit.train import distributed
 
 COUNTERS = ("num_tokens", "audio_seconds")
 
 
-def audio_seconds(batch: dict, sample_rate: int = 16000) -> torch.Tensor:
+def audio_seconds(batch: dict, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Seconds of real (unpadded) audio in a batch: ``audio_lens`` (B,) summed; 0 if text-only."""
     if "audio_lens" not in batch:
         return torch.zeros(())
     return batch["audio_lens"].sum() / sample_rate
-
-
-def feature_frames(audio_lens: torch.Tensor, hop_length: int = 160) -> torch.Tensor:
-    """Log-mel frames per utterance (B,) for ``audio_lens`` (B,) samples: Whisper's 10 ms hop."""
-    return audio_lens // hop_length
 
 
 def _detached(value):
