@@ -39,7 +39,9 @@ fi
 # shellcheck source=slurm/common.sh
 source "$WESTKIT_REPO/slurm/common.sh" || { echo "set WESTKIT_REPO to the westkit checkout" >&2; exit 2; }
 
-# both stages share the frozen encoder's state cache under OUT_DIR
+# the frozen encoder runs in every step; to compute its states once, run
+#   westkit-encode SHARDS --out STATES --model NAME   and add data.states=STATES to STAGE1_ARGS
+#   (audio_data.states=... / tts_data.states=... to STAGE2_ARGS)
 read -r -a stage1_args <<< "$STAGE1_ARGS"
 read -r -a stage2_args <<< "$STAGE2_ARGS"
 for stage in $STAGES; do
@@ -47,11 +49,11 @@ for stage in $STAGES; do
     1) if [ -f "$OUT_DIR/tle/tle.safetensors" ]; then westkit_log "stage 1 done already ($OUT_DIR/tle)"; continue; fi
        westkit_log "stage 1: text-to-latent encoder -> $OUT_DIR/tle"
        westkit_run "$WESTKIT_REPO/recipes/tle/train.py" --config "$(westkit_path "$TLE_CONFIG")" \
-         --out "$OUT_DIR/tle" "stage1.cache_dir=$OUT_DIR/state_cache" "$@" "${stage1_args[@]}" || exit $? ;;
+         --out "$OUT_DIR/tle" "$@" "${stage1_args[@]}" || exit $? ;;
     2) if [ -d "$OUT_DIR/adapt/hf" ]; then westkit_log "stage 2 done already ($OUT_DIR/adapt/hf)"; continue; fi
        westkit_log "stage 2: decoder fine-tuning from text through the TLE -> $OUT_DIR/adapt"
        westkit_run "$WESTKIT_REPO/recipes/tle/finetune_decoder.py" --config "$(westkit_path "$FINETUNE_CONFIG")" \
-         --out "$OUT_DIR/adapt" "stage2.tle=$OUT_DIR/tle" "stage2.cache_dir=$OUT_DIR/state_cache" \
+         --out "$OUT_DIR/adapt" "stage2.tle=$OUT_DIR/tle" \
          "$@" "${stage2_args[@]}" || exit $? ;;
     *) westkit_log "ERROR: STAGES='$STAGES': stages are 1 and 2"; exit 2 ;;
   esac

@@ -1,53 +1,52 @@
 """How predictable are Whisper's states after the speech? Evidence for the TLE's tail design.
 
-Reads cached teacher states (`StateCache` folder, 30 s windows) of a paired shard folder, fits
+Reads precomputed teacher states (a `westkit-encode` states folder, 30 s windows) of a paired
+shard folder, fits
 the per-position silence template (mean of states at t >= n + margin) on part of the
 utterances, and on the rest reports the MSE of three ways to fill frames after the speech:
 the per-position template, one global silence vector (a learned constant at best), and the
 template as a function of the distance from the end of speech (how far speech leaks).
 
-    python recipes/tle/analyse_tail.py --shards general-train --cache-dir exp/whistle/state_cache
+    westkit-encode general-train --out exp/whistle/states/general-train --model whisper-tiny.en
+    python recipes/tle/analyse_tail.py --shards general-train --states exp/whistle/states/general-train
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import torch
 
-from westkit.data import corpora
-from westkit.data.shards import DURATION, read_index
+from westkit.data.loader import LoaderConfig, build_loader
+from westkit.models.tle import speech_frames
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="paired shard folder or built-in corpus name")
-    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--states", required=True, help="its states folder (westkit-encode)")
     p.add_argument("--margin", type=int, default=25)
     p.add_argument("--fit-fraction", type=float, default=0.7)
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = p.parse_args(argv)
-    folder = Path(corpora.shard_folder(args.shards))
-    rows = [r for s in read_index(folder)["shards"] for r in s["samples"]]
-    cache_dir = Path(args.cache_dir)
+    loader = build_loader(LoaderConfig(shards=[args.shards], states=args.states, shuffle=False,
+                                       num_workers=0), train=False)
     items = []
-    for r in sorted(rows):
-        f = cache_dir / f"{r[0]}.pt"
-        if f.exists():
-            n = min(1500, math.ceil(r[DURATION] * 16000 / 320))
-            items.append((r[0], n, f))
+    for batch in loader:
+        n = speech_frames(batch["audio_lens"], batch["states"].shape[1])
+        items += [(k, int(m), s) for k, m, s in zip(batch["keys"], n, batch["states"])]
+    items.sort(key=lambda item: item[0])
     if len(items) < 10:
-        raise ValueError(f"only {len(items)} cached utterances of {folder} in {cache_dir}: run stage 1 first")
+        raise ValueError(f"only {len(items)} utterances in {args.shards}: the analysis needs 10 or more")
     cut = int(len(items) * args.fit_fraction)
     fit, held = items[:cut], items[cut:]
-    T, D = torch.load(items[0][2]).shape
+    T, D = items[0][2].shape
     t = torch.arange(T)
     tsum, tcount, gsum, gcount = torch.zeros(T, D, dtype=torch.float64), torch.zeros(T), torch.zeros(D, dtype=torch.float64), 0
     for _, n, f in fit:
-        s = torch.load(f).double()
+        s = f.double()
         tail = t >= n + args.margin
         tsum[tail] += s[tail]
         tcount[tail] += 1
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
     acc = {k: [0.0, 0] for k in ("template", "global", "speech_var", "tail_var")}
     by_dist = {f"{a}-{b}": [0.0, 0] for a, b in zip(edges[:-1], edges[1:])}
     for _, n, f in held:
-        s = torch.load(f).float()
+        s = f.float()
         after = t >= n + args.margin
         ok = after & (tcount > 0)
         acc["template"][0] += float(((s[ok] - template[ok]) ** 2).sum()); acc["template"][1] += int(ok.sum()) * D

@@ -13,7 +13,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB
 
 # ---- variables --------------------------------------------------------------------------------
 EXP=${EXP:-exp/whistle}                 # everything goes here
-CACHE=${CACHE:-$EXP/state_cache}        # frozen-encoder states, shared by every step below
+STATES=${STATES:-$EXP/states/general-train}  # frozen-encoder states of the paired speech (westkit-encode)
 STAGE1_STEPS=${STAGE1_STEPS:-150}       # TLE training steps (stage 1)
 STAGE2_STEPS=${STAGE2_STEPS:-60}        # decoder fine-tuning steps per adaptation (stage 2)
 STAGE2_LR=${STAGE2_LR:-3.0e-5}
@@ -33,17 +33,20 @@ special_tts=$(corpus special-tts "$ADAPT_SENTENCES")
 for c in general-train general-test special-test; do corpus $c >/dev/null; done
 python recipes/tle/make_tts.py --text "$asterisk_text" --out "$EXP/asterisk-tts"
 
+# ---- the frozen encoder's states of the paired speech, computed once ---------------------------
+[ -f "$STATES/index.json" ] || python -m westkit.data.states general-train --out "$STATES" --model whisper-tiny.en
+
 # ---- stage 1: the TLE, trained on paired general-domain speech ---------------------------------
 if [ ! -f "$EXP/tle/tle.safetensors" ]; then
   python recipes/tle/train.py --config recipes/tle/conf/tle_tiny.yaml --out "$EXP/tle" \
-    stage1.cache_dir="$CACHE" train.max_steps="$STAGE1_STEPS"
+    data.states="$STATES" train.max_steps="$STAGE1_STEPS"
 fi
 
 # ---- stage 2: three adaptations per domain -----------------------------------------------------
 adapt() {  # adapt OUT TEXT_SHARDS TTS_SHARDS TEXT_WEIGHT TTS_WEIGHT (a finished run is kept)
   [ -f "$1/hf/model.safetensors" ] && return 0
   python recipes/tle/finetune_decoder.py --config recipes/tle/conf/finetune_tiny.yaml --out "$1" \
-    stage2.tle="$EXP/tle" stage2.cache_dir="$CACHE" "text_data.shards=[$2]" "tts_data.shards=[$3]" \
+    stage2.tle="$EXP/tle" audio_data.states="$STATES" "text_data.shards=[$2]" "tts_data.shards=[$3]" \
     mix.text="$4" mix.tts="$5" train.max_steps="$STAGE2_STEPS" train.lr="$STAGE2_LR"
 }
 adapt "$EXP/audio-only" "$special_text" "$special_tts" 0 0   # control: general speech replay only
