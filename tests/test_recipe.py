@@ -37,10 +37,14 @@ def test_start_builds_the_whole_config_and_saves_it(conf, tmp_path):
     assert run.cfg.eval_data.shards == ["b"]
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["max_steps"] == 20 and saved["model"] == {"width": 4}
-    with pytest.raises(ValueError, match=r"conf.yaml: unknown section.*'modle'"):
+    # a mistake on the command line is blamed on the override, one in the file on the file
+    with pytest.raises(ValueError, match=r"override modle.width=3: unknown section 'modle'"):
         recipe.load_config(Config, str(conf), ["modle.width=3"])
-    with pytest.raises(ValueError, match=r"conf.yaml: model.*'depth'"):
+    with pytest.raises(ValueError, match=r"override model.depth=3: unknown key 'depth' in section model"):
         recipe.load_config(Config, str(conf), ["model.depth=3"])
+    conf.write_text(conf.read_text() + "modle: {width: 3}\n")
+    with pytest.raises(ValueError, match=r"conf.yaml: unknown section.*'modle'"):
+        recipe.load_config(Config, str(conf))
 
 
 def test_a_run_folder_that_is_a_file_or_unwritable_fails_first(conf, tmp_path):

@@ -48,9 +48,11 @@ def _fetch(parser: argparse.ArgumentParser, names: list[str], all_: bool, force:
     if not all_ and not names:
         parser.error(f"name what to fetch ({', '.join(assets.BUILTIN)}) or pass --all")
     names = list(assets.BUILTIN) if all_ else names
-    unknown = [n for n in names if n not in assets.BUILTIN]
-    if unknown:
-        parser.error(f"unknown asset {', '.join(map(repr, unknown))}; known: {', '.join(assets.BUILTIN)}")
+    for name in names:
+        try:
+            assets.get(name)
+        except ValueError as e:
+            parser.error(str(e))
     for name in names:
         if not force and assets.status(name) == "ready":
             print(f"westkit: {name} already materialised", file=sys.stderr)

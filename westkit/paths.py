@@ -4,6 +4,7 @@ Everything lives under one root, ``$WESTKIT_HOME`` (default ``~/.cache/westkit``
 can point it at a shared filesystem and a test can point it at a temporary folder.
 """
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -20,3 +21,18 @@ def models_dir() -> Path:
 def data_dir() -> Path:
     """Offline corpora and shards made from them."""
     return home() / "data"
+
+
+def writable(folder: Path) -> Path:
+    """``folder``, created if missing, once a file could be written in it; otherwise a
+    one-line ValueError saying to point ``WESTKIT_HOME`` somewhere writable."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write to {folder} ({e.strerror}); westkit keeps its models and "
+                         f"corpora under WESTKIT_HOME={home()}: point it at a writable folder, "
+                         f"e.g. export WESTKIT_HOME=$HOME/westkit") from None
+    return folder

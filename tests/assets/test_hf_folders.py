@@ -73,11 +73,91 @@ def test_smollm2_folder_is_a_standard_hf_folder(smollm2_path):
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
 
 
-def test_resolve_passes_other_names_through(tmp_path, monkeypatch):
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The Hugging Face hub settings resolve reads, pointed at this test: an empty cache under
+    tmp_path, offline; ``hub.online(port)`` goes online with the endpoint on that local port."""
+    import socket
+
+    from huggingface_hub import constants
+
     monkeypatch.setenv("WESTKIT_HOME", str(tmp_path / "home"))
-    for name in ("openai/whisper-tiny.en", "HuggingFaceTB/SmolLM2-135M-Instruct", str(tmp_path), "./local"):
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    assets._hub_reachable.cache_clear()
+
+    class Hub:
+        cache = tmp_path / "hf"
+
+        def online(self, port: int):
+            monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+            monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+            monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+
+        def listening(self) -> socket.socket:
+            server = socket.socket()
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            return server
+
+    yield Hub()
+    assets._hub_reachable.cache_clear()
+
+
+def test_resolve_passes_local_folders_through(tmp_path, hub):
+    for name in (str(tmp_path), "."):
         assert assets.resolve(name) == name
     assert not (tmp_path / "home").exists()  # nothing materialised for them
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_mistyped_builtin_name_fails_at_once_with_a_suggestion(hub, online):
+    """No hub retries for a name without a slash, online or not: it cannot be a hub id."""
+    import time
+
+    server = hub.listening()
+    if online:
+        hub.online(server.getsockname()[1])
+    started = time.perf_counter()
+    with pytest.raises(ValueError) as e:
+        assets.resolve("whisper-tiny")
+    assert str(e.value) == ("whisper-tiny is not a built-in name, a local folder or a reachable hub id: "
+                            "did you mean whisper-tiny.en?")
+    with pytest.raises(ValueError, match=r"^exp/nothing-here is not a built-in name.*HF_HUB_OFFLINE"
+                                         if not online else r"^\./missing is not a built-in name, a "
+                                         r"local folder.*built-in names are whisper-tiny.en"):
+        assets.resolve("exp/nothing-here" if not online else "./missing")
+    assert time.perf_counter() - started < 2
+
+
+def test_hub_id_offline_needs_the_hugging_face_cache(hub):
+    with pytest.raises(ValueError) as e:
+        assets.resolve("openai/whisper-tiny.en")
+    assert str(e.value) == (
+        "openai/whisper-tiny.en is not a built-in name, a local folder or a reachable hub id "
+        "(HF_HUB_OFFLINE is set and the Hugging Face cache does not hold it): did you mean whisper-tiny.en?")
+    # the cache's own layout, as huggingface_hub writes it
+    repo = hub.cache / "models--openai--whisper-tiny.en"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    assert assets.resolve("openai/whisper-tiny.en") == "openai/whisper-tiny.en"
+
+
+def test_hub_id_online_passes_through_and_an_unreachable_hub_fails_fast(hub):
+    server = hub.listening()
+    hub.online(server.getsockname()[1])
+    for name in ("openai/whisper-large-v3", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        assert assets.resolve(name) == name
+    port = server.getsockname()[1]
+    server.close()                                  # nothing listens there any more
+    assets._hub_reachable.cache_clear()
+    hub.online(port)
+    with pytest.raises(ValueError, match=rf"^Qwen/Qwen2-1.5B-Instruct is not .* \(http://127.0.0.1:{port} "
+                                         r"cannot be reached and the Hugging Face cache does not hold it\)"):
+        assets.resolve("Qwen/Qwen2-1.5B-Instruct")
 
 
 def test_resolve_builtin_is_the_materialised_folder(whisper_tiny_path):

@@ -196,3 +196,34 @@ def test_registry_licences_match_the_wheels_metadata():
 
     for asset in assets.BUILTIN.values():
         assert importlib.metadata.metadata(asset.wheel)["License"] == asset.wheel_licence, asset.name
+
+
+def test_unwritable_westkit_home_says_to_point_it_elsewhere(tmp_path, monkeypatch, fake, capsys):
+    """Before any build work: one line naming the folder and WESTKIT_HOME (a file in the way
+    here; a read-only mount or a foreign cache fail the same way)."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("WESTKIT_HOME", str(blocked / "home"))
+    with pytest.raises(ValueError) as e:
+        assets.materialise("fake")
+    assert str(e.value).startswith(f"cannot write to {blocked / 'home' / 'models'} (")
+    assert f"WESTKIT_HOME={blocked / 'home'}: point it at a writable folder" in str(e.value)
+    assert fake["builds"] == 0
+    assert cli.main(["assets", "fetch", "fake"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("westkit: error: cannot write to") and err.count("\n") == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_westkit_home(tmp_path, monkeypatch, fake):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o555)
+    monkeypatch.setenv("WESTKIT_HOME", str(home))
+    with pytest.raises(ValueError, match="Permission denied.*point it at a writable folder"):
+        assets.materialise("fake")
+
+
+def test_mistyped_name_to_fetch_gets_a_suggestion(home, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["assets", "fetch", "whisper-tiny"])
+    assert "unknown asset 'whisper-tiny'; did you mean whisper-tiny.en? known:" in capsys.readouterr().err

@@ -165,6 +165,23 @@ def test_loader_config_from_yaml_section(shards):
         build(LoaderConfig, {"shards": [str(shards)], "batch_seconds": 60}, "x.yaml: data")
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.max_batch_size=0", "max_batch_size must be >= 1, got 0"),
+    ("data.max_batch_seconds=0", "max_batch_seconds must be > 0, got 0.0"),
+    ("data.num_workers=-1", "num_workers must be >= 0"),
+    ("data.min_duration=5", r"min_duration \(5.0\) must be <= max_duration \(2.0\)"),
+    ("data.max_read_errors=-1", "max_read_errors must be >= 0, got -1"),
+])
+def test_loader_config_rejects_values_that_cannot_work(tmp_path, override, message):
+    from westkit.config import build, load_yaml
+
+    path = tmp_path / "x.yaml"
+    path.write_text("data:\n  shards: [somewhere]\n  max_duration: 2\n")
+    conf = load_yaml(path, [override])
+    with pytest.raises(ValueError, match=rf"^{path}: data: {message}.*\(set on the command line: {override}\)"):
+        build(LoaderConfig, conf["data"], f"{path}: data")
+
+
 def test_shards_may_name_a_built_in_corpus(westkit_home):
     """A corpus name in `shards` is made on first use (under WESTKIT_HOME) and read like a folder."""
     from westkit.data import corpora

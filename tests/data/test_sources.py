@@ -33,8 +33,37 @@ def test_metadata_csv(tmp_path):
                                     "audio/b.wav,second one\naudio/c.wav,missing file\nbroken line\n")
     assert detect(d) == "csv"
     index, rejects, texts = _run(tmp_path, d)
-    assert texts["a"]["text"] == "hello, world" and abs(texts["b"]["duration"] - 1.2) < 1e-3
+    assert texts["audio_a"]["text"] == "hello, world" and abs(texts["audio_b"]["duration"] - 1.2) < 1e-3
     assert [(r["line"], r["reason"]) for r in rejects] == [(4, "missing_file"), (5, "bad_line")]
+
+
+def test_same_file_name_in_two_speaker_folders_stays_two_samples(tmp_path):
+    """spk1/001.wav and spk2/001.wav: the key is the path relative to the manifest's folder,
+    in every format, so a common layout is not half rejected as duplicate_key."""
+    d = tmp_path / "corpus"
+    for spk in ("spk1", "spk2"):
+        write_wav(d / spk / "001.wav", 0.5)
+        (d / spk / "001.txt").write_text(f"{spk} says one")
+    (d / "metadata.csv").write_text("file_name,transcription\nspk1/001.wav,spk1 says one\n"
+                                    "spk2/001.wav,spk2 says one\n")
+    (d / "train.jsonl").write_text(json.dumps({"wav": "spk1/001.wav", "txt": "spk1 says one"}) + "\n"
+                                   + json.dumps({"wav": str(d / "spk2/001.wav"), "txt": "spk2 says one"}) + "\n")
+    for i, args in enumerate([(d / "metadata.csv",), (d / "train.jsonl",), (d, "--format", "dir")]):
+        _, rejects, texts = _run(tmp_path / f"run{i}", *args)
+        assert rejects == [], args
+        assert {k: v["text"] for k, v in texts.items()} == {
+            "spk1_001": "spk1 says one", "spk2_001": "spk2 says one"}, args
+
+
+def test_a_folder_where_an_audio_file_is_expected_is_its_own_reason(tmp_path):
+    d = tmp_path / "cli"
+    write_wav(d / "a.wav", 0.5)
+    (d / "b.wav").mkdir()
+    (d / "metadata.csv").write_text("file_name,transcription\na.wav,one\nb.wav,two\nc.wav,three\n")
+    _, rejects, texts = _run(tmp_path, d)
+    assert list(texts) == ["a"]
+    assert [(r["line"], r["reason"]) for r in rejects] == [(3, "not_a_file"), (4, "missing_file")]
+    assert "is a folder" in rejects[0]["detail"]
 
 
 def test_audio_folder_with_transcripts_beside(tmp_path):

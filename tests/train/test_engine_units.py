@@ -29,6 +29,21 @@ def test_config_from_yaml_section_rejects_unknown_and_bad_values():
         build(TrainConfig, {"schedule": "exponential"}, "train")
 
 
+def test_max_steps_below_the_shipped_warmup_names_both_keys_and_the_fix():
+    from pathlib import Path
+
+    from westkit.config import load_yaml
+
+    path = Path(__file__).resolve().parents[2] / "recipes/west/conf/tiny.yaml"
+    conf = load_yaml(path, ["train.max_steps=3"])
+    with pytest.raises(ValueError) as e:
+        build(TrainConfig, conf["train"], f"{path}: train")
+    assert str(e.value) == (
+        f"{path}: train: train.warmup_steps (20) is more than train.max_steps (3): the learning "
+        "rate would never finish warming up; lower it too, e.g. train.max_steps=3 "
+        "train.warmup_steps=0 (set on the command line: train.max_steps=3)")
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
 def test_schedule_warms_up_then_decays_to_min(schedule):
     cfg = TrainConfig(max_steps=100, warmup_steps=10, schedule=schedule, min_lr_ratio=0.1)

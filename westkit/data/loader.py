@@ -74,6 +74,25 @@ class LoaderConfig:
     """A states folder made by ``westkit-encode`` for these shards: each sample then carries
     its precomputed encoder states (``batch["states"]``), read by offset like its audio."""
 
+    def __post_init__(self):
+        # `westkit.config.build` puts the file and section (data, eval_data, ...) in front
+        checks = [
+            (self.max_batch_size >= 1, f"max_batch_size must be >= 1, got {self.max_batch_size}"),
+            (self.max_batch_seconds > 0, f"max_batch_seconds must be > 0, got {self.max_batch_seconds}"),
+            (self.num_workers >= 0, f"num_workers must be >= 0 (0 reads in the main process), "
+                                    f"got {self.num_workers}"),
+            (self.prefetch_factor >= 1, f"prefetch_factor must be >= 1, got {self.prefetch_factor}"),
+            (self.min_duration >= 0, f"min_duration must be >= 0, got {self.min_duration}"),
+            (self.min_duration <= self.max_duration,
+             f"min_duration ({self.min_duration}) must be <= max_duration ({self.max_duration})"),
+            (self.min_text_chars <= self.max_text_chars,
+             f"min_text_chars ({self.min_text_chars}) must be <= max_text_chars ({self.max_text_chars})"),
+            (self.max_read_errors >= 0, f"max_read_errors must be >= 0, got {self.max_read_errors}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
 
 class Catalog:
     """Metadata of every sample that passes the filters, as flat arrays (no audio is read).

@@ -12,6 +12,10 @@ Formats (``FORMATS``; ``detect`` picks one from the path):
                  "UTT WORDS", optional ``utt2spk``. Only plain paths: a piped command or an
                  ark offset is rejected with its reason.
     text         one sentence per line: text-only samples.
+Keys: a sample's key is its audio path relative to the manifest's folder (the jsonl's, the
+csv's, the ``dir`` folder itself), without the suffix, so ``spk1/001.wav`` and ``spk2/001.wav``
+stay two samples (the shard writer then makes keys tar-safe: ``spk1_001``). A jsonl "key" and
+Kaldi/LibriSpeech utterance ids are used as they are.
 A problem found while parsing (bad UTF-8, a malformed line, a piped command) becomes an Entry
 with ``problem`` set, so the writer reports it with its file and line like any other.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 from typing import Iterator
@@ -86,6 +91,20 @@ def _resolve(base: Path, audio: str) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
+def _key(base: Path, audio: str) -> str:
+    """The key of the audio file ``audio`` (as written in a manifest in folder ``base``): its
+    path relative to ``base`` without the suffix. A path outside ``base`` keeps its parts as
+    written, less the root and any ``..``."""
+    p = Path(audio)
+    if p.is_absolute():
+        try:
+            p = Path(os.path.abspath(p)).relative_to(os.path.abspath(base))
+        except ValueError:
+            p = p.relative_to(p.anchor)
+    parts = [part for part in p.parts if part not in (".", "..")]
+    return str(Path(*parts).with_suffix(""))
+
+
 def _jsonl(path: Path, lang: str, source: str) -> Iterator[Entry]:
     for n, line, detail in _lines(path):
         if line is None:
@@ -101,7 +120,7 @@ def _jsonl(path: Path, lang: str, source: str) -> Iterator[Entry]:
         if not isinstance(text, str) or not (wav is None or isinstance(wav, str)):
             yield _bad(path, n, "bad_line", 'expected {"wav": path, "txt": text}')
             continue
-        key = str(obj.get("key") or (Path(wav).stem if wav else f"{path.stem}-{n:08d}"))
+        key = str(obj.get("key") or (_key(path.parent, wav) if wav else f"{path.stem}-{n:08d}"))
         yield Entry(key=key, text=text, audio=_resolve(path.parent, wav) if wav else None,
                     lang=str(obj.get("lang", lang)), speaker=str(obj.get("speaker", "")),
                     source=source, input=str(path), line=n)
@@ -126,7 +145,7 @@ def _csv(path: Path, lang: str, source: str) -> Iterator[Entry]:
             yield _bad(path, n, "bad_line", f"{len(row)} fields, header has {len(header)}")
             continue
         audio = rec["file_name"].strip()
-        yield Entry(key=Path(audio).stem, text=rec["transcription"], audio=_resolve(path.parent, audio),
+        yield Entry(key=_key(path.parent, audio), text=rec["transcription"], audio=_resolve(path.parent, audio),
                     lang=rec.get("lang", lang) or lang, speaker=rec.get("speaker", ""), source=source,
                     input=str(path), line=n)
 
@@ -134,7 +153,7 @@ def _csv(path: Path, lang: str, source: str) -> Iterator[Entry]:
 def _dir(path: Path, lang: str, source: str) -> Iterator[Entry]:
     for audio in sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTS):
         txt = audio.with_suffix(".txt")
-        key = str(audio.relative_to(path).with_suffix(""))
+        key = _key(path, str(audio.relative_to(path)))
         if not txt.is_file():
             yield Entry(key=key, text="", input=str(audio), problem=("missing_text", f"no {txt.name} beside it"))
             continue

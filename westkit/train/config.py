@@ -54,19 +54,27 @@ class TrainConfig:
     """At the end, write the trainable weights to ``out_dir/trainable.safetensors``."""
 
     def __post_init__(self):
+        # messages name keys as `train.KEY`, the section every recipe gives this config, and
+        # `westkit.config.build` puts the file in front
         checks = [
-            (self.max_steps > 0, "max_steps must be > 0"),
-            (self.grad_accum > 0, "grad_accum must be > 0"),
-            (self.lr > 0, "lr must be > 0"),
-            (0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
-            (0 <= self.warmup_steps <= self.max_steps, "warmup_steps must be in [0, max_steps]"),
-            (len(self.betas) == 2, "betas must be two numbers, e.g. [0.9, 0.999]"),
-            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 turns clipping off)"),
-            (self.log_every > 0, "log_every must be > 0"),
-            (self.eval_every >= 0 and self.save_every >= 0, "eval_every/save_every must be >= 0"),
-            (self.keep_last >= 1, "keep_last must be >= 1"),
-            (bool(self.trainable), "trainable must name at least one parameter pattern"),
+            (self.max_steps > 0, f"train.max_steps must be > 0, got {self.max_steps}"),
+            (self.grad_accum > 0, f"train.grad_accum must be > 0, got {self.grad_accum}"),
+            (self.lr > 0, f"train.lr must be > 0, got {self.lr}"),
+            (0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"),
+            (self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.warmup_steps <= self.max_steps,
+             f"train.warmup_steps ({self.warmup_steps}) is more than train.max_steps "
+             f"({self.max_steps}): the learning rate would never finish warming up; lower it "
+             f"too, e.g. train.max_steps={self.max_steps} train.warmup_steps="
+             f"{self.max_steps // 10}"),
+            (len(self.betas) == 2, "train.betas must be two numbers, e.g. [0.9, 0.999]"),
+            (self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 turns clipping off)"),
+            (self.log_every > 0, "train.log_every must be > 0"),
+            (self.eval_every >= 0 and self.save_every >= 0,
+             "train.eval_every/train.save_every must be >= 0"),
+            (self.keep_last >= 1, "train.keep_last must be >= 1"),
+            (bool(self.trainable), "train.trainable must name at least one parameter pattern"),
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"train config: {message}")
+                raise ValueError(message)
