@@ -3,6 +3,7 @@
     westkit assets list                       built-in models: status, folder, source, licence
     westkit assets fetch NAME [NAME...]       materialise them (progress on stderr, paths on stdout)
     westkit assets fetch --all [--force]
+    westkit units fit SHARDS --layer N --k 512 --out FILE   k-means speech units (westkit.data.units)
 """
 from __future__ import annotations
 
@@ -27,6 +28,20 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--all", action="store_true", help="every built-in model")
     fetch.add_argument("--force", action="store_true", help="rebuild even if already materialised")
     fetch.set_defaults(usage_of=fetch)  # so mistakes print fetch's own usage line
+    u = commands.add_parser("units", help="speech units: k-means over a Whisper encoder layer")
+    usub = u.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fit = usub.add_parser("fit", help="fit a k-means unit codebook on shards",
+                          description="Encode SHARDS with a frozen Whisper encoder, pool layer N's "
+                                      "states and fit K centroids; FILE is read by the TASTE recipe.")
+    fit.add_argument("shards", nargs="+", metavar="SHARDS", help="shard folders, globs or built-in corpus names")
+    fit.add_argument("--layer", type=int, required=True, help="encoder layer (0..number of layers)")
+    fit.add_argument("--k", type=int, default=512, help="number of units")
+    fit.add_argument("--out", required=True, help="the codebook file to write (.safetensors)")
+    fit.add_argument("--model", default="whisper-tiny.en", help="Whisper: built-in name, hub id or folder")
+    fit.add_argument("--pool", type=int, default=2, help="average this many 50 Hz frames per unit")
+    fit.add_argument("--max-frames", type=int, default=200_000, help="subsample to this many frames")
+    fit.add_argument("--iters", type=int, default=30, help="Lloyd iterations")
+    fit.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -69,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "units":
+            from westkit.data.units import main_fit
+            return main_fit(args)
         if args.action == "list":
             return _list()
         return _fetch(args.usage_of, args.names, args.all, args.force)

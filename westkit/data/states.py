@@ -14,6 +14,10 @@ work in ``forward`` (ZeRO-3 safe). The fingerprint of the encoder's weights is r
 recipes refuse states made by another encoder (`check_states`).
 
     westkit-encode general-train --out exp/states/general-train --model whisper-tiny.en
+
+With ``--layer N`` each member is float16 (T', 2D): the last layer's states and, after them,
+those of block N from the same forward (the TASTE recipe's keys and values); the index
+records ``"layer": N``.
 """
 from __future__ import annotations
 
@@ -44,9 +48,15 @@ def read_states_index(folder: str | Path) -> dict:
     return index
 
 
-def check_states(folder: str | Path, fingerprint: str, pad_to_30s: bool = True) -> None:
-    """Raise unless the states in ``folder`` were made by the encoder with ``fingerprint``."""
+def check_states(folder: str | Path, fingerprint: str, pad_to_30s: bool = True,
+                 layer: int | None = None) -> None:
+    """Raise unless the states in ``folder`` were made by the encoder with ``fingerprint``
+    (and, given ``layer``, carry that middle layer too)."""
     index = read_states_index(folder)
+    if layer is not None and index.get("layer") != layer:
+        raise ValueError(f"{folder}: states carry middle layer {index.get('layer')}, this recipe needs layer "
+                         f"{layer}: run `westkit-encode SHARDS --out NEW_FOLDER --model NAME --layer {layer} "
+                         f"--no-pad-to-30s`")
     if index["fingerprint"] != fingerprint:
         raise ValueError(f"{folder}: states were made by another encoder ({index['model']}): run "
                          f"westkit-encode again with this recipe's model, into a new folder")
@@ -57,7 +67,7 @@ def check_states(folder: str | Path, fingerprint: str, pad_to_30s: bool = True) 
 
 def encode_states(shards: list[str], out: str | Path, model: str, pad_to_30s: bool = True,
                   batch_size: int = 16, device: str = "cpu", shard_bytes: int = 512 * 2**20,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, layer: int | None = None) -> dict:
     """Encode every utterance of ``shards`` with the Whisper encoder of ``model`` into ``out``."""
     import torch
     from tqdm import tqdm
@@ -80,7 +90,12 @@ def encode_states(shards: list[str], out: str | Path, model: str, pad_to_30s: bo
         if "audio" not in batch:
             continue
         with torch.no_grad():
-            states, lens = encoder(batch["audio"].to(device), batch["audio_lens"].to(device))
+            if layer is None:
+                states, lens = encoder(batch["audio"].to(device), batch["audio_lens"].to(device))
+            else:
+                last, hidden, lens = encoder.forward_layers(batch["audio"].to(device),
+                                                            batch["audio_lens"].to(device), layer)
+                states = torch.cat([last, hidden], -1)
         states = states.half().cpu().numpy()
         for key, s, n in zip(batch["keys"], states, lens.tolist()):
             if writer is None or writer.tar.offset > shard_bytes:
@@ -95,7 +110,8 @@ def encode_states(shards: list[str], out: str | Path, model: str, pad_to_30s: bo
     if writer is not None:
         tars.append(writer.close())
     index = {"kind": "states", "version": VERSION, "model": model,
-             "fingerprint": encoder_fingerprint(encoder.encoder), "pad_to_30s": pad_to_30s,
+             "fingerprint": encoder_fingerprint(encoder.encoder), "pad_to_30s": pad_to_30s, "layer": layer,
+             "n_layers": encoder.num_layers,
              "dim": encoder.dim, "count": count, "shards": [{"name": t["name"], "samples": t["samples"]}
                                                              for t in tars]}
     (tmp / INDEX).write_text(json.dumps(index) + "\n")
@@ -114,12 +130,14 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="Whisper: built-in name, hub id or folder")
     p.add_argument("--no-pad-to-30s", dest="pad_to_30s", action="store_false",
                    help="encode each utterance's real length (default: Whisper's 30 s window)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="also keep block N's states: members become (T', 2D) [last | layer N]")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     try:
         index = encode_states(args.shards, args.out, args.model, args.pad_to_30s, args.batch_size,
-                              args.device)
+                              args.device, layer=args.layer)
     except ValueError as e:
         print(f"westkit-encode: error: {e}", file=sys.stderr)
         return 2

@@ -81,6 +81,22 @@ class WhisperAudioEncoder(nn.Module):
                                  f"Whisper's 30 s window: filter long utterances in the data config")
             return self.encode(feats, feat_lens)
 
+    def forward_layers(self, audio: torch.Tensor, audio_lens: torch.Tensor, layer: int):
+        """Like `forward`, and also the hidden states after transformer block ``layer`` (1..N;
+        0: the input to the first block), in the same pass: (last (B, F', D), hidden at
+        ``layer`` (B, F', D), lens (B,)). ``last`` equals `forward`'s states."""
+        with torch.no_grad():
+            feats, feat_lens = self.logmel(audio, audio_lens, pad_to_30s=self.pad_to_30s)
+            feats = feats.float()
+            if feats.shape[-1] > self.max_frames:
+                raise ValueError(f"audio of {feats.shape[-1] * HOP / SAMPLE_RATE:.1f} s is longer than "
+                                 f"Whisper's 30 s window: filter long utterances in the data config")
+            return self.encode_layers(feats, feat_lens, layer)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.encoder.layers)
+
     @property
     def logmel(self) -> LogMel:
         """The log-mel front end (float32), on the device of the encoder's weights."""
@@ -91,7 +107,16 @@ class WhisperAudioEncoder(nn.Module):
 
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor):
         """Log-mel (B, n_mels, F) with lengths (B,) -> (states (B, ceil(F/2), D), lens (B,))."""
+        last, _, lens = self.encode_layers(feats, feat_lens, None)
+        return last, lens
+
+    def encode_layers(self, feats: torch.Tensor, feat_lens: torch.Tensor, layer: int | None):
+        """`encode`, also keeping the states after block ``layer`` (None: keep none):
+        (last (B, F', D), hidden (B, F', D) or None, lens (B,)); padded frames are zero."""
         enc = self.encoder
+        if layer is not None and not 0 <= layer <= len(enc.layers):
+            raise ValueError(f"encoder layer {layer} does not exist: this Whisper encoder has "
+                             f"{len(enc.layers)} layers, choose 0..{len(enc.layers)}")
         dtype = enc.conv1.weight.dtype
         x = feats.to(dtype)
         if self.pad_to_30s:
@@ -113,12 +138,16 @@ class WhisperAudioEncoder(nn.Module):
         bias = torch.zeros(state_mask.shape, dtype=dtype, device=x.device)
         bias = bias.masked_fill(~state_mask, torch.finfo(dtype).min)
         bias = bias[:, None, None, :].expand(-1, 1, x.shape[1], -1)
-        for layer in enc.layers:
-            x = layer(x, bias)
+        keep = state_mask[..., None].to(dtype)
+        hidden = x * keep if layer == 0 else None
+        for i, block in enumerate(enc.layers, 1):
+            x = block(x, bias)
             if isinstance(x, tuple):  # older transformers return (hidden, attn)
                 x = x[0]
+            if i == layer:
+                hidden = x * keep
         x = enc.layer_norm(x)
-        return x * state_mask[..., None].to(dtype), lens
+        return x * keep, hidden, lens
 
 
 def _length_mask(lens: torch.Tensor, width: int) -> torch.Tensor:
