@@ -44,6 +44,8 @@ class TasteConfig:
     rvq_codes: int = 512                  # codes per quantiser
     rvq_dim: int = 16                     # each quantiser looks codes up in this many dimensions
     commitment: float = 0.25              # weight of the commitment loss
+    diversity: float = 0.1                # weight of the code-diversity loss (0: none)
+    diversity_temperature: float = 0.1    # softness of the assignments that loss sees
     fusion: Literal["sum", "concat"] = "sum"
     dec_layers: int = 4
     dec_heads: int = 4
@@ -116,13 +118,19 @@ class ResidualVQ(nn.Module):
     Each quantiser projects the residual to ``code_dim`` dimensions, picks the nearest
     L2-normalised code (factorised, normalised codes keep more of the codebook in use, as in
     DAC) and projects back; the output is z_q with a straight-through gradient. Loss:
-    codebook ``|sg(z_e) - q|^2`` + ``commitment * |z_e - sg(q)|^2`` over real positions.
+    codebook ``|sg(z_e) - q|^2`` + ``commitment * |z_e - sg(q)|^2`` over real positions, and
+    ``diversity * (1 - H(mean soft assignment) / log K)`` (wav2vec 2.0's diversity loss): at
+    random initialisation every token tends to pick the same code and the plain losses keep it
+    so; this term spreads the batch over the codebook without touching parameters in place
+    (which sharded optimiser states would undo).
     forward(z (B, L, D), mask (B, L)) -> (z_q (B, L, D), codes (B, L, depth) long, loss scalar).
     """
 
-    def __init__(self, dim: int, depth: int, codes: int, code_dim: int, commitment: float):
+    def __init__(self, dim: int, depth: int, codes: int, code_dim: int, commitment: float,
+                 diversity: float = 0.0, temperature: float = 0.1):
         super().__init__()
         self.depth, self.codes, self.commitment = depth, codes, commitment
+        self.diversity, self.temperature = diversity, temperature
         self.codebooks = nn.Parameter(torch.randn(depth, codes, code_dim))
         self.down = nn.ModuleList(nn.Linear(dim, code_dim) for _ in range(depth))
         self.up = nn.ModuleList(nn.Linear(code_dim, dim) for _ in range(depth))
@@ -136,7 +144,12 @@ class ResidualVQ(nn.Module):
         for i in range(self.depth):
             z_e = F.normalize(self.down[i](residual), dim=-1)                 # (B, L, c)
             book = F.normalize(self.codebooks[i], dim=-1)                       # (K, c)
-            idx = (z_e.detach() @ book.T).argmax(-1)                            # nearest on the sphere
+            sim = z_e @ book.T                                                  # (B, L, K)
+            idx = sim.detach().argmax(-1)                                       # nearest on the sphere
+            if self.diversity:
+                p = ((sim / self.temperature).softmax(-1) * m).sum((0, 1)) / n      # (K,) mean assignment
+                entropy = -(p * p.clamp(min=1e-9).log()).sum()
+                loss = loss + self.diversity * (1 - entropy / math.log(self.codes))
             q = F.embedding(idx, book)
             dim = z_e.shape[-1]
             loss = loss + (((q - z_e.detach()) ** 2) * m).sum() / (n * dim)
@@ -165,8 +178,8 @@ class TasteAggregator(nn.Module):
         super().__init__()
         self.attention = CrossAttention(d_text, d_speech, d_speech, cfg.d_model, cfg.heads)
         self.adapter = nn.Sequential(nn.LayerNorm(cfg.d_model), nn.Linear(cfg.d_model, cfg.d_model))
-        self.rvq = (ResidualVQ(cfg.d_model, cfg.rvq_depth, cfg.rvq_codes, cfg.rvq_dim, cfg.commitment)
-                    if cfg.rvq_depth else None)
+        self.rvq = (ResidualVQ(cfg.d_model, cfg.rvq_depth, cfg.rvq_codes, cfg.rvq_dim, cfg.commitment,
+                               cfg.diversity, cfg.diversity_temperature) if cfg.rvq_depth else None)
 
     def forward(self, text, text_mask, last, middle, audio_mask):
         z = self.adapter(self.attention(text, text_mask, last, middle, audio_mask))
