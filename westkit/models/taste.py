@@ -40,12 +40,13 @@ class TasteConfig:
     llm: str = "smollm2-135m-instruct"    # with text_embed: llm
     d_model: int = 256
     heads: int = 4                        # cross-attention heads (d_model % heads == 0)
+    align_prior: float = 10.0             # initial strength of the monotonic alignment prior (0: none)
     rvq_depth: int = 4                    # quantisers; 0: no quantisation (continuous tokens)
     rvq_codes: int = 512                  # codes per quantiser
     rvq_dim: int = 16                     # each quantiser looks codes up in this many dimensions
     commitment: float = 0.25              # weight of the commitment loss
     diversity: float = 0.1                # weight of the code-diversity loss (0: none)
-    diversity_temperature: float = 0.1    # softness of the assignments that loss sees
+    temperature: float = 0.2              # code logits = cosine similarity / temperature
     fusion: Literal["sum", "concat"] = "sum"
     dec_layers: int = 4
     dec_heads: int = 4
@@ -89,11 +90,21 @@ def state_lens(audio_lens: torch.Tensor) -> torch.Tensor:
 
 class CrossAttention(nn.Module):
     """Multi-head attention of text queries over speech: Q text (B, L, Dq), K (B, T, Dk), V (B, T, Dv)
-    -> (B, L, d_model). Padded audio frames are masked out of the keys; padded text rows are zero."""
+    -> (B, L, d_model). Padded audio frames are masked out of the keys; padded text rows are zero.
 
-    def __init__(self, d_query: int, d_key: int, d_value: int, d_model: int, heads: int):
+    Token embeddings carry no position, so the same word twice would attend alike; with
+    ``align_prior`` > 0 the scores get a monotonic alignment prior, ``-a * (i/L - t/T)^2`` per
+    head over each row's real lengths (token i's centre (i + 0.5) / L against frame t's
+    (t + 0.5) / T), with a learned strength a per head (softplus, started at ``align_prior``).
+    Without it a fresh aggregator averages nearly the whole utterance for every token.
+    """
+
+    def __init__(self, d_query: int, d_key: int, d_value: int, d_model: int, heads: int,
+                 align_prior: float = 0.0):
         super().__init__()
         self.heads = heads
+        self.prior = (nn.Parameter(torch.full((heads,), math.log(math.expm1(align_prior))))
+                      if align_prior > 0 else None)
         self.q = nn.Linear(d_query, d_model)
         self.k = nn.Linear(d_key, d_model)
         self.v = nn.Linear(d_value, d_model)
@@ -105,6 +116,13 @@ class CrossAttention(nn.Module):
         split = lambda x, n: x.reshape(b, n, self.heads, -1).transpose(1, 2)  # (B, H, n, d)
         q, k, v = split(self.q(text), l), split(self.k(keys), t), split(self.v(values), t)
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])            # (B, H, L, T)
+        if self.prior is not None:
+            n_text = text_mask.sum(1, keepdim=True).clamp(min=1).to(scores.dtype)
+            n_audio = audio_mask.sum(1, keepdim=True).clamp(min=1).to(scores.dtype)
+            rel_q = (torch.arange(l, device=text.device) + 0.5)[None] / n_text      # (B, L)
+            rel_k = (torch.arange(t, device=text.device) + 0.5)[None] / n_audio     # (B, T)
+            dist = (rel_q[:, :, None] - rel_k[:, None, :]) ** 2                      # (B, L, T)
+            scores = scores - F.softplus(self.prior)[None, :, None, None] * dist[:, None]
         scores = scores.masked_fill(~audio_mask[:, None, None, :], torch.finfo(scores.dtype).min)
         weights = scores.softmax(-1)
         out = (weights @ v).transpose(1, 2).reshape(b, l, -1)
@@ -115,19 +133,21 @@ class CrossAttention(nn.Module):
 class ResidualVQ(nn.Module):
     """Residual vector quantisation of (B, L, D) with ``depth`` quantisers of ``codes`` codes.
 
-    Each quantiser projects the residual to ``code_dim`` dimensions, picks the nearest
-    L2-normalised code (factorised, normalised codes keep more of the codebook in use, as in
-    DAC) and projects back; the output is z_q with a straight-through gradient. Loss:
-    codebook ``|sg(z_e) - q|^2`` + ``commitment * |z_e - sg(q)|^2`` over real positions, and
-    ``diversity * (1 - H(mean soft assignment) / log K)`` (wav2vec 2.0's diversity loss): at
-    random initialisation every token tends to pick the same code and the plain losses keep it
-    so; this term spreads the batch over the codebook without touching parameters in place
-    (which sharded optimiser states would undo).
+    Each quantiser projects the residual to ``code_dim`` dimensions and L2-normalises it (z_e);
+    code logits are cosine similarities to the L2-normalised codes / ``temperature``
+    (factorised, normalised codes as in DAC). Evaluation takes the nearest code; training
+    draws a hard Gumbel-softmax sample with the straight-through gradient (wav2vec 2.0): with
+    the nearest code alone, every token of a freshly initialised aggregator picks the same code
+    and the commitment loss keeps it there (measured here: one code of 128 in use after 100
+    steps). Each quantiser's output is projected back and subtracted from the residual. Loss
+    over real positions: codebook ``|sg(z_e) - q|^2`` + ``commitment * |z_e - sg(q)|^2`` +
+    ``diversity * (1 - H(mean soft assignment) / log K)`` (wav2vec 2.0's diversity loss).
+    Nothing is changed in place (sharded optimiser states would undo it).
     forward(z (B, L, D), mask (B, L)) -> (z_q (B, L, D), codes (B, L, depth) long, loss scalar).
     """
 
     def __init__(self, dim: int, depth: int, codes: int, code_dim: int, commitment: float,
-                 diversity: float = 0.0, temperature: float = 0.1):
+                 diversity: float = 0.0, temperature: float = 0.2):
         super().__init__()
         self.depth, self.codes, self.commitment = depth, codes, commitment
         self.diversity, self.temperature = diversity, temperature
@@ -144,17 +164,21 @@ class ResidualVQ(nn.Module):
         for i in range(self.depth):
             z_e = F.normalize(self.down[i](residual), dim=-1)                 # (B, L, c)
             book = F.normalize(self.codebooks[i], dim=-1)                       # (K, c)
-            sim = z_e @ book.T                                                  # (B, L, K)
-            idx = sim.detach().argmax(-1)                                       # nearest on the sphere
+            logits = z_e @ book.T / self.temperature                            # (B, L, K)
+            if self.training:
+                onehot = F.gumbel_softmax(logits.float(), tau=1.0, hard=True).to(z_e.dtype)
+                idx, q = onehot.argmax(-1), onehot @ book                       # straight-through
+            else:
+                idx = logits.argmax(-1)                                         # nearest on the sphere
+                q = F.embedding(idx, book)
             if self.diversity:
-                p = ((sim / self.temperature).softmax(-1) * m).sum((0, 1)) / n      # (K,) mean assignment
+                p = (logits.softmax(-1) * m).sum((0, 1)) / n                    # (K,) mean assignment
                 entropy = -(p * p.clamp(min=1e-9).log()).sum()
                 loss = loss + self.diversity * (1 - entropy / math.log(self.codes))
-            q = F.embedding(idx, book)
             dim = z_e.shape[-1]
             loss = loss + (((q - z_e.detach()) ** 2) * m).sum() / (n * dim)
             loss = loss + self.commitment * (((z_e - q.detach()) ** 2) * m).sum() / (n * dim)
-            step = self.up[i](z_e + (q - z_e).detach())                         # straight-through
+            step = self.up[i](q)
             out = out + step
             residual = residual - step
             codes.append(idx)
@@ -176,10 +200,10 @@ class TasteAggregator(nn.Module):
 
     def __init__(self, d_text: int, d_speech: int, cfg: TasteConfig):
         super().__init__()
-        self.attention = CrossAttention(d_text, d_speech, d_speech, cfg.d_model, cfg.heads)
+        self.attention = CrossAttention(d_text, d_speech, d_speech, cfg.d_model, cfg.heads, cfg.align_prior)
         self.adapter = nn.Sequential(nn.LayerNorm(cfg.d_model), nn.Linear(cfg.d_model, cfg.d_model))
         self.rvq = (ResidualVQ(cfg.d_model, cfg.rvq_depth, cfg.rvq_codes, cfg.rvq_dim, cfg.commitment,
-                               cfg.diversity, cfg.diversity_temperature) if cfg.rvq_depth else None)
+                               cfg.diversity, cfg.temperature) if cfg.rvq_depth else None)
 
     def forward(self, text, text_mask, last, middle, audio_mask):
         z = self.adapter(self.attention(text, text_mask, last, middle, audio_mask))
