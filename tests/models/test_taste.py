@@ -47,9 +47,10 @@ def test_encoder_middle_layer_in_the_same_pass_leaves_the_outputs_alone(encoder)
         encoder.forward_layers(audio, lens, 4)
 
 
-def test_cross_attention_shapes_and_masks():
+@pytest.mark.parametrize("prior", [0.0, 10.0])
+def test_cross_attention_shapes_and_masks(prior):
     torch.manual_seed(0)
-    att = CrossAttention(d_query=12, d_key=16, d_value=20, d_model=24, heads=4)
+    att = CrossAttention(d_query=12, d_key=16, d_value=20, d_model=24, heads=4, align_prior=prior)
     text, keys, values = torch.randn(2, 5, 12), torch.randn(2, 9, 16), torch.randn(2, 9, 20)
     text_mask, audio_mask = length_mask(torch.tensor([5, 3]), 5), length_mask(torch.tensor([9, 6]), 9)
     out, w = att(text, text_mask, keys, values, audio_mask, return_weights=True)
@@ -65,6 +66,14 @@ def test_cross_attention_shapes_and_masks():
     # a row alone equals the row in the batch
     alone = att(text[1:, :3], text_mask[1:, :3], keys[1:, :6], values[1:, :6], audio_mask[1:, :6])
     torch.testing.assert_close(out[1:, :3], alone, atol=1e-6, rtol=1e-5)
+    if prior:   # the prior puts the first token's weight early and the last token's late
+        frames = torch.arange(9.0)
+        centre = (w[0].mean(0) * frames).sum(-1)              # (L,) mean attended frame per token
+        plain = CrossAttention(12, 16, 20, 24, 4)
+        plain.load_state_dict({k: v for k, v in att.state_dict().items() if k != "prior"})
+        _, w0 = plain(text, text_mask, keys, values, audio_mask, return_weights=True)
+        assert centre[0] < 3 < 5 < centre[-1]
+        assert (centre[1:] - centre[:-1] > 0).all() and not torch.allclose(w0, w)
 
 
 def test_residual_quantiser_straight_through_commitment_and_depth():
