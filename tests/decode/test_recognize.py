@@ -89,10 +89,13 @@ def test_shards_and_audio_files(run, wavs, tmp_path):
                          str(wavs / "u0.wav"), "--out", str(tmp_path / "out"), "--max-new-tokens", "6",
                          "--num-workers", "0"])
     assert rc == 0
-    hyps = _hyps(tmp_path / "out" / "hyps.jsonl")
-    assert sorted(hyps) == ["s0", "s1", "s2", "s3", "s4", "u0"]
-    assert hyps["u0"]["ref"] == "" and hyps["s0"]["ref"] == "hello there"
-    assert hyps["u0"]["hyp"] == hyps["s0"]["hyp"]  # same audio through both readers
+    # two sets: OUT/<model>/<set>/, the model named by its folder
+    shards, files = (_hyps(tmp_path / "out" / root.name / s / "hyps.jsonl") for s in ("shards", "audio"))
+    assert sorted(shards) == ["s0", "s1", "s2", "s3", "s4"] and sorted(files) == ["u0"]
+    assert files["u0"]["ref"] == "" and shards["s0"]["ref"] == "hello there"
+    assert files["u0"]["hyp"] == shards["s0"]["hyp"]  # same audio through both readers
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results[root.name]["shards"]["all"]["ref_words"] == 10 and "all" not in results[root.name]["audio"]
 
 
 def test_user_errors_name_the_problem(run, tmp_path, capsys):
