@@ -179,3 +179,23 @@ def test_whisper_batch_16_equals_batch_1(tiny_whisper, beam):
 
 def run_greedy(whisper, tok, s):
     return greedy(whisper_step(whisper, tok, s), [10] * len(s), [tok.eos_token_id])
+
+
+def test_real_whisper_greedy_equals_greedy_decode_on_real_speech(whisper_tiny_path):
+    """whisper-tiny.en on real telephone speech and on the demo's specialised test voice: the
+    recogniser's greedy search gives exactly the old decoder's transcripts (the demo's table)."""
+    from westkit.data import corpora
+    from westkit.data.loader import LoaderConfig, build_loader
+    from westkit.decode.recognizers import WhisperRecognizer
+    from westkit.models.whisper_decoder import greedy_decode
+
+    rec = WhisperRecognizer.load(whisper_tiny_path, GenerateConfig(tokens_per_second=0, base_tokens=128,
+                                                                   max_new_tokens=128), "cpu", torch.float32)
+    for name in ("asterisk-test", "special-test"):
+        folder = corpora.make(name, limit=4, progress=False)
+        batch = next(iter(build_loader(LoaderConfig(shards=[str(folder)], shuffle=False, num_workers=0,
+                                                    max_batch_size=4, max_batch_seconds=1e9), train=False)))
+        states = rec.encode(batch["audio"], batch["audio_lens"])
+        new = rec.decode_states(states, batch["audio_lens"])
+        assert [t.text for t in new] == greedy_decode(rec.whisper, states, rec.tokenizer, max_new_tokens=128)
+        assert all(t.text for t in new) and not any(t.hit_limit for t in new)
