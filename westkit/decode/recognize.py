@@ -115,8 +115,8 @@ def list_batches(samples: list[dict], max_batch_size: int, max_batch_seconds: fl
     order = sorted(samples, key=lambda s: -len(s["audio"]))
     batches, cur = [], []
 
-    def flush():
-        batches.append(dict(collate(cur), index=[s["index"] for s in cur]))
+    def flush():  # the samples' input positions travel along, to restore the input order
+        batches.append(dict(collate(cur), index=[s.get("index") for s in cur]))
     for s in order:
         longest = min(cur[0]["duration"] if cur else s["duration"], WINDOW / SAMPLE_RATE)
         if cur and (len(cur) >= max_batch_size or (len(cur) + 1) * longest > max_batch_seconds):
