@@ -275,8 +275,9 @@ def test_cli_errors_are_one_line_without_traceback_unless_debugging(tmp_path, wa
     assert recognize.main(args) == 2  # returned, not raised: no traceback
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-model" in err[0] and "--debug" in err[0], err
-    with pytest.raises(OSError):
+    # with --debug the error propagates (resolve() says a missing model is a user's ValueError)
+    with pytest.raises(ValueError, match="not a built-in name"):
         recognize.main(args + ["--debug"])
     monkeypatch.setenv("WESTKIT_DEBUG", "1")
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match="not a built-in name"):
         recognize.main(args)
