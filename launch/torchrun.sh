@@ -12,10 +12,11 @@
 #
 # Signals: SIGTERM is passed to torchrun (which passes it to the workers); SIGUSR1, which SLURM
 # sends before a time limit with `#SBATCH --signal=USR1@120`, goes straight to the workers
-# (torchrun would die of it). Ctrl-C (SIGINT) is passed on as SIGTERM; torchrun itself ignores
-# it, or it would start its own shutdown, race this script's and die mid-way; a second Ctrl-C
-# kills the workers at once. The engine checkpoints at the next step and exits; this script
-# exits with westkit.train.PREEMPTED_EXIT_CODE (75) so that a requeue is in order.
+# (torchrun would die of it). Ctrl-C (SIGINT) also goes straight to the workers, and torchrun
+# ignores it: its own shutdown would signal each worker's whole process group, DataLoader
+# workers included, which die of SIGTERM and take their rank down before it can save. A second
+# Ctrl-C kills the workers at once. The engine checkpoints at the next step and exits; this
+# script exits with westkit.train.PREEMPTED_EXIT_CODE (75) so that a requeue is in order.
 set -euo pipefail
 
 nproc=${NPROC_PER_NODE:-}
@@ -70,7 +71,7 @@ on_int() {
   fi
   interrupted=1
   echo "[torchrun.sh] Ctrl-C: the workers checkpoint at the end of this step and exit (Ctrl-C again kills them)" >&2
-  kill -TERM "$torchrun_pid" 2>/dev/null || true
+  pkill -INT -P "$torchrun_pid" 2>/dev/null || true
 }
 trap 'kill -TERM "$torchrun_pid" 2>/dev/null || true' TERM
 trap on_int INT

@@ -213,18 +213,21 @@ def test_ctrl_c_in_a_terminal_running_the_launcher_acts_like_sigterm(reference, 
 
 
 def test_ctrl_c_in_plain_python_checkpoints_without_a_traceback_and_twice_aborts(tmp_path):
-    single = [sys.executable, RECIPE, "--zero-stage", "2", "--steps", "20", "--step-seconds", "0.1"]
+    single = [sys.executable, RECIPE, "--zero-stage", "2", "--steps", "20"]
+    first_press = "westkit: Ctrl-C: checkpointing at the end of this step"
     for presses in (1, 2):
         out, log = tmp_path / f"pressed{presses}", tmp_path / f"log{presses}.txt"
-        proc = start([*single, "--out-dir", str(out)], log)
+        # 2 s steps when pressing twice: the second press lands before the step ends
+        proc = start([*single, "--out-dir", str(out), "--step-seconds", str(0.1 * presses ** 4)], log)
         wait_for(lambda: "starting at step 0" in log.read_text(), proc, "start")
         time.sleep(0.5)
-        for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        if presses == 2:                                         # once the first was handled
+            wait_for(lambda: first_press in log.read_text(), proc, "the first Ctrl-C's message")
             proc.send_signal(signal.SIGINT)
-            time.sleep(0.05)
         rc = proc.wait(timeout=TIMEOUT)
         text = log.read_text()
-        assert "westkit: Ctrl-C: checkpointing at the end of this step" in text
+        assert first_press in text
         assert "Traceback" not in text, text[-3000:]
         if presses == 1:
             assert rc == PREEMPTED_EXIT_CODE, text[-3000:]
