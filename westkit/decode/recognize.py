@@ -66,24 +66,18 @@ class TestSet:
 
 def list_items(jsonl: str | None, audio: list[str]) -> list[tuple[str, str, str]]:
     """(key, audio path, reference) from a jsonl or audio paths; ValueError names a bad line."""
+    from westkit.data import sources  # the one jsonl reader, the shard writer's
+
     items = []
     if jsonl:
         if not os.path.isfile(jsonl):
             raise ValueError(f"--jsonl {jsonl}: no such file")
-        with open(jsonl) as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{jsonl}:{n}: not JSON ({e})") from None
-                path = rec.get("audio") or rec.get("wav")
-                if not path:
-                    raise ValueError(f"{jsonl}:{n}: needs an \"audio\" (or \"wav\") path")
-                if not os.path.isabs(path):
-                    path = os.path.join(os.path.dirname(os.path.abspath(jsonl)), path)
-                items.append((rec.get("key") or Path(path).stem, path, rec.get("text", rec.get("txt", ""))))
+        for e in sources.read(jsonl, "jsonl"):
+            if e.problem:
+                raise ValueError(f"{jsonl}:{e.line}: {e.problem[1]}")
+            if e.audio is None:
+                raise ValueError(f"{jsonl}:{e.line}: needs an \"audio\" (or \"wav\") path")
+            items.append((e.key, e.audio, e.text))
     for path in audio or []:
         items.append((Path(path).stem, path, ""))
     return items
