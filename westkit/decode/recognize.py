@@ -369,6 +369,9 @@ def prepare_out(path: str) -> Path:
 
 
 def main(argv=None) -> int:
+    from westkit.noise import silence_known
+
+    silence_known()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
