@@ -165,10 +165,10 @@ def _bucketed(ids: np.ndarray, cat, edges: np.ndarray, cfg) -> list[np.ndarray]:
     open_: dict[int, list[int]] = {}
     longest: dict[int, float] = {}
     out: list[np.ndarray] = []
-    for i in ids.tolist():
-        audio = bool(cat.has_audio[i])
-        d = float(cat.duration[i]) if audio else 0.0
-        b = int(np.searchsorted(edges, d, side="left")) if audio else -1
+    audio_of = cat.has_audio[ids]
+    dur_of = np.where(audio_of, cat.duration[ids], 0.0)
+    bucket_of = np.where(audio_of, np.searchsorted(edges, dur_of, side="left"), -1)
+    for i, audio, d, b in zip(ids.tolist(), audio_of.tolist(), dur_of.tolist(), bucket_of.tolist()):
         cur = open_.get(b)
         if cur and (len(cur) >= cfg.max_batch_size
                     or (audio and (len(cur) + 1) * max(longest[b], d) > cfg.max_batch_seconds)):
