@@ -5,6 +5,8 @@
 # Run it on the login node (it calls sbatch itself), from the westkit venv:
 #
 #   SLICES=16 bash slurm/shards.sh data/train.jsonl -o /shared/shards/train --shard-size 512M
+#   TOOL=westkit-encode SLICES=8 SBATCH_OPTS="--gpus-per-task=1" bash slurm/shards.sh \
+#     /shared/shards/train --out /shared/states/train --model whisper-large-v3 --device cuda
 #
 # Arguments are those of westkit-shards (-o OUT is required; OUT must be on a filesystem every
 # node sees). Running the same command again submits only the slices that are not complete
@@ -13,6 +15,7 @@
 set -euo pipefail
 
 # ---- variables (environment overrides) ----
+TOOL=${TOOL:-westkit-shards}         # or westkit-encode (precomputed encoder states per slice)
 SLICES=${SLICES:-8}                  # array tasks; the same number on every rerun
 CPUS_PER_TASK=${CPUS_PER_TASK:-4}    # decoding processes per task (westkit-shards --workers)
 SBATCH_OPTS=${SBATCH_OPTS:-}         # e.g. "--partition=cpu --time=02:00:00"
@@ -26,7 +29,10 @@ for ((k = 0; k < ${#args[@]}; k++)); do
   esac
 done
 [ -n "$out" ] || { echo "slurm/shards.sh: give -o OUT (see the header of $0)" >&2; exit 2; }
-command -v westkit-shards >/dev/null || { echo "slurm/shards.sh: westkit-shards not on PATH; activate the westkit venv" >&2; exit 2; }
+case "$TOOL" in westkit-shards|westkit-encode) ;; *) echo "slurm/shards.sh: TOOL must be westkit-shards or westkit-encode" >&2; exit 2 ;; esac
+command -v "$TOOL" >/dev/null || { echo "slurm/shards.sh: $TOOL not on PATH; activate the westkit venv" >&2; exit 2; }
+workers=""
+[ "$TOOL" = westkit-shards ] && workers="--workers $CPUS_PER_TASK"
 if [ -f "$out/index.json" ]; then
   echo "$out/index.json exists: the shards are written and merged; nothing to do"
   exit 0
@@ -41,9 +47,9 @@ dependency=()
 if [ ${#missing[@]} -gt 0 ]; then
   list=$(IFS=,; echo "${missing[*]}")
   # shellcheck disable=SC2086
-  array=$(sbatch --parsable --job-name=westkit-shards --array="$list" --ntasks=1 \
+  array=$(sbatch --parsable --job-name="$TOOL" --array="$list" --ntasks=1 \
     --cpus-per-task="$CPUS_PER_TASK" --output='slurm-%x-%A_%a.out' $SBATCH_OPTS \
-    --wrap "westkit-shards $quoted --slice \${SLURM_ARRAY_TASK_ID}/$SLICES --workers $CPUS_PER_TASK --no-progress")
+    --wrap "$TOOL $quoted --slice \${SLURM_ARRAY_TASK_ID}/$SLICES $workers --no-progress")
   array=${array%%;*}
   dependency=(--dependency="afterok:$array" --kill-on-invalid-dep=yes)
   echo "array job $array: slices $list of $SLICES"
@@ -51,6 +57,6 @@ else
   echo "all $SLICES slices are written"
 fi
 # shellcheck disable=SC2086
-merge=$(sbatch --parsable --job-name=westkit-shards-merge --ntasks=1 --cpus-per-task=1 \
-  --output='slurm-%x-%j.out' "${dependency[@]}" $SBATCH_OPTS --wrap "westkit-shards --merge $(printf '%q' "$out")")
+merge=$(sbatch --parsable --job-name="$TOOL-merge" --ntasks=1 --cpus-per-task=1 \
+  --output='slurm-%x-%j.out' "${dependency[@]}" $SBATCH_OPTS --wrap "$TOOL --merge $(printf '%q' "$out")")
 echo "merge job ${merge%%;*}"

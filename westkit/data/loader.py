@@ -576,7 +576,10 @@ def build_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: b
 def padding_report(loader: Loader) -> str:
     """Audio padding of the first epoch's batch plan (metadata only), vs padding to 30 s."""
     dur = loader.catalog.duration
-    plan = plan_epoch(loader.catalog, loader.cfg, 0, loader.world_size, train=True)
+    if loader.streaming:
+        plan = [b for rank in loader.planner.rank_plans(0, loader.world_size, loader.workers, None) for b in rank]
+    else:
+        plan = plan_epoch(loader.catalog, loader.cfg, 0, loader.world_size, train=True)
     speech = sum(float(dur[b].sum()) for b in plan)
     padded = sum(len(b) * float(dur[b].max()) for b in plan)
     return (f"data: {len(dur)} utterances, {speech / 3600:.2f} h in {len(plan)} batches per epoch "
