@@ -174,7 +174,7 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
         args = argparse.Namespace(input_folder=str(self.root / tag), output_folder=str(tmp),
                                   num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
-                                  strict=True, inject_missing_state=False)
+                                  strict=True, inject_missing_state=True)
         with contextlib.redirect_stdout(io.StringIO()):  # its progress prints, one per parameter
             ds_to_universal(args)
         os.replace(tmp, out)
