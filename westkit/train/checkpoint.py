@@ -177,6 +177,9 @@ class Checkpointer:
                                   strict=True, inject_missing_state=True)
         with contextlib.redirect_stdout(io.StringIO()):  # its progress prints, one per parameter
             ds_to_universal(args)
+        # it also writes a `latest_universal` pointer beside its output, naming the temporary
+        # folder; the tag is always passed explicitly here, so the pointer would only mislead
+        (self.root / tag / "latest_universal").unlink(missing_ok=True)
         os.replace(tmp, out)
         return out
 
