@@ -5,11 +5,10 @@ sample against the source file."""
 import json
 
 import numpy as np
-import pytest
 import soundfile as sf
 
 from westkit.data.loader import LoaderConfig, build_loader
-from westkit.data.shards import REJECTS, read_index
+from westkit.data.shards import REJECTS
 from westkit.data.shards_cli import main
 from westkit.data.sources import detect
 

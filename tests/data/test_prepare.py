@@ -4,7 +4,6 @@ slices that are not complete, and a merge with a slice missing refuses, naming i
 import json
 import os
 
-import pytest
 
 from westkit.data.prepare import SLICES, slice_name, slice_status
 from westkit.data.shards import INDEX, REJECTS, read_index

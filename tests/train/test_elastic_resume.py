@@ -1,5 +1,6 @@
 """Elastic resume with the toy recipe: a checkpoint written by N processes resumes on M
-(2 -> 1 under ZeRO-2 reading shards by offset, 1 -> 2 under ZeRO-3 streaming them). The weights come back bitwise through
+(2 -> 1 under ZeRO-2 reading local shards by offset, 1 -> 2 under ZeRO-3 streaming them from a
+real HTTP server on 127.0.0.1 with 2 loader workers per rank). The weights come back bitwise through
 DeepSpeed's universal checkpoint, and within the interrupted epoch no sample is repeated or
 skipped: the second run first sees exactly the samples the first had not."""
 import json
@@ -20,7 +21,7 @@ TIMEOUT = 240
 N_UTTS = 60
 
 
-def _run(nproc: int, out: Path, shards: Path, steps: int, mode: str, log: Path, *extra: str) -> str:
+def _run(nproc: int, out: Path, shards, steps: int, mode: str, log: Path, *extra: str) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
     args = [RECIPE, "--out-dir", str(out), "--shards", str(shards), "--steps", str(steps),
             "--batch-seconds", "1.5", "--loader-mode", mode, "--record-keys", *extra]
@@ -54,8 +55,24 @@ def shards(tmp_path_factory):
 @pytest.mark.parametrize("before, after, mode, zero", [(2, 1, "offset", "2"), (1, 2, "stream", "3")])
 def test_resume_on_another_world_size_sees_each_sample_of_the_epoch_once(shards, tmp_path, before, after, mode,
                                                                         zero):
+    from data_helpers import HttpShards
+
+    server = HttpShards(shards, lifetime=TIMEOUT * 3) if mode == "stream" else None
+    try:
+        _check(before, after, mode, zero, server.url if server else shards, tmp_path)
+        if server:  # the ranks really read over HTTP, each tar once per pass and not per sample
+            tars = [p for p, status in server.requests() if p.endswith(".tar") and status == 200]
+            assert tars and len(tars) <= 8 * len(list(shards.glob("*.tar"))), len(tars)
+    finally:
+        if server:
+            server.close()
+
+
+def _check(before, after, mode, zero, shards, tmp_path):
     out = tmp_path / "run"
-    _run(before, out, shards, 3, mode, tmp_path / "log1.txt", "--save-every", "3", "--zero-stage", zero)
+    workers = ["--workers", "2"] if mode == "stream" else []
+    zero = ["--zero-stage", zero, *workers]
+    _run(before, out, shards, 3, mode, tmp_path / "log1.txt", "--save-every", "3", *zero)
     saved = load_file(str(out / "trainable.safetensors"))
     state = torch.load(out / "checkpoints/step_00000003/trainer_rank00000.pt", weights_only=False)
     assert state["world_size"] == before and state["loader"]["epoch"] == 0
@@ -67,13 +84,13 @@ def test_resume_on_another_world_size_sees_each_sample_of_the_epoch_once(shards,
         p.unlink()
 
     # resuming at the saved step trains nothing and exports the weights it loaded
-    log = _run(after, out, shards, 3, mode, tmp_path / "log2.txt", "--zero-stage", zero)
+    log = _run(after, out, shards, 3, mode, tmp_path / "log2.txt", *zero)
     assert (f"written by {before} processes, this run has {after}: resumed through DeepSpeed's "
             "universal checkpoint") in log
     loaded = load_file(str(out / "trainable.safetensors"))
     assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
 
-    log = _run(after, out, shards, 23, mode, tmp_path / "log3.txt", "--zero-stage", zero)
+    log = _run(after, out, shards, 23, mode, tmp_path / "log3.txt", *zero)
     assert "resumed from" in log and "at step 3" in log
     second = _keys(out)
     assert sorted(second) == list(range(after))

@@ -45,7 +45,6 @@ import urllib.request
 from typing import Iterator
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from westkit.data.pipeline import collate, run_steps
