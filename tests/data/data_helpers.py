@@ -62,8 +62,10 @@ class HttpShards:
         assert line.startswith("PORT "), f"http_shards.py did not start: {line!r}"
         self.url = f"http://127.0.0.1:{int(line.split()[1])}"
 
-    def requests(self) -> list[tuple[str, int]]:
-        return [(p, int(s)) for p, s in (l.split() for l in self.log.read_text().splitlines())]
+    def requests(self, starts: bool = False) -> list[tuple]:
+        """(path, status) of every GET, or (path, status, first byte) with ``starts``."""
+        rows = [(p, int(s), int(b)) for p, s, b in (l.split() for l in self.log.read_text().splitlines())]
+        return rows if starts else [r[:2] for r in rows]
 
     def close(self) -> None:
         self.proc.kill()

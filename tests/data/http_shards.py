@@ -2,9 +2,10 @@
 
     python tests/data/http_shards.py FOLDER --lifetime 300 [--flaky] [--log requests.log]
 
-Prints ``PORT <n>`` once listening (port chosen by the OS). ``--flaky`` cuts the first response
-for each ``.tar`` after half its bytes (the connection drops mid-shard, as a loaded object
-store does), so a reader must retry. Every GET is appended to ``--log`` as ``PATH STATUS``.
+Prints ``PORT <n>`` once listening (port chosen by the OS). ``Range: bytes=N-`` requests get a
+206 with the bytes from N on. ``--flaky`` cuts the first response for each ``.tar`` after half
+its bytes (the connection drops mid-shard, as a loaded object store does), so a reader must
+retry. Every GET is appended to ``--log`` as ``PATH STATUS START``.
 The process exits after ``--lifetime`` seconds whatever happens, so a failed test cannot leave
 it running.
 """
@@ -14,6 +15,7 @@ import argparse
 import functools
 import http.server
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -28,10 +30,10 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet; requests go to --log
         pass
 
-    def _record(self, status: int) -> None:
+    def _record(self, status: int, start: int = 0) -> None:
         if self.log_path:
             with self.lock, open(self.log_path, "a") as f:
-                f.write(f"{self.path} {status}\n")
+                f.write(f"{self.path} {status} {start}\n")
 
     def do_GET(self):
         path = Path(self.translate_path(self.path))
@@ -40,12 +42,19 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.send_error(404, "not found")
             return
         data = path.read_bytes()
+        start = 0
+        wanted = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if wanted and int(wanted.group(1)) < len(data):
+            start = int(wanted.group(1))
         with self.lock:
             cut = self.flaky and path.suffix == ".tar" and self.path not in self.cut
             if cut:
                 self.cut.add(self.path)
-        self._record(200)
-        self.send_response(200)
+        self._record(206 if start else 200, start)
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        data = data[start:]
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if cut:

@@ -99,6 +99,27 @@ def test_resume_over_http_yields_the_batches_of_the_uninterrupted_run(server):
     assert [k for k, _ in _take(build_loader(_cfg(server.url, seed=4), 1, 2), n)] != expected
 
 
+def test_resume_mid_shard_asks_only_for_the_bytes_from_the_first_needed_member(tmp_path):
+    folder = tone_shards(tmp_path / "big", DURS[:30], shard_bytes=200_000)
+    sizes = [s["count"] for s in read_index(folder)["shards"]]
+    assert len(sizes) >= 2 and max(sizes) >= 8, sizes
+    with HttpShards(folder, lifetime=120) as server:
+        cfg = _cfg(server.url, shuffle=False, num_workers=1)
+        expected = [k for k, _ in _take(build_loader(cfg), 12)]
+        ranges = []
+        for stop in (2, 3, 5):
+            first = build_loader(cfg)
+            got = [k for k, _ in _take(first, stop)]
+            resumed = build_loader(cfg)
+            resumed.load_state_dict(first.state_dict())
+            before = len(server.requests())
+            got += [k for k, _ in _take(resumed, 12 - stop)]
+            assert got == expected
+            ranges += [start for _, status, start in server.requests(starts=True)[before:] if status == 206]
+    # resumed in the middle of a shard, the worker fetched from a member header on, not byte 0
+    assert ranges and all(start > 0 and start % 512 == 0 for start in ranges)
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_eval_over_http_sees_every_sample_once_with_equal_counts(server, world_size):
     cfg = _cfg(server.url, shuffle=False)
@@ -112,9 +133,12 @@ def test_dropped_connections_are_retried(shards):
         loader = build_loader(_cfg(flaky.url, shuffle=False, max_read_errors=0), train=False)
         keys = [k for b in loader for k in b["keys"]]
         tars = [p for p, _ in flaky.requests() if p.endswith(".tar")]
+        retried = flaky.requests()
     assert sorted(keys) == sorted(KEYS)  # nothing lost, nothing twice
-    # each cut once, then read whole (a cut in a tar's end padding loses nothing: read once)
+    # each cut once, then read again (a cut in a tar's end padding loses nothing: read once);
+    # a retry asks only for the bytes from the first member not yet delivered (HTTP Range)
     assert {tars.count(p) for p in set(tars)} <= {1, 2} and len(tars) > 1.5 * len(set(tars))
+    assert any(status == 206 for p, status in retried)
 
 
 def test_missing_and_truncated_shards_are_skipped_within_budget_then_fail(shards, tmp_path):
@@ -179,3 +203,23 @@ def test_worker_memory_is_bounded_by_the_shuffle_buffer(shards):
     plain = [i for _, ids in streaming.stream_plan(cat, LoaderConfig(**{**cfg.__dict__, "shuffle_buffer": 0}),
                                                    0, 1, 1, True)[0] for i in ids.tolist()]
     assert sorted(flat) == sorted(plain) and flat != plain
+
+
+def test_resume_mid_shard_with_long_member_names_falls_back_to_the_shard_start(tmp_path):
+    """Names over 100 characters get an extra GNU long-name header, so a member's header is not
+    512 bytes before its data: the reader notices and reads that shard from its start."""
+    from westkit.data.shards import Entry, write_shards
+
+    from data_helpers import Tone
+
+    long = "x" * 110
+    write_shards([Entry(key=f"{long}{i:03d}", text=f"utterance {i}", audio=Tone(0.5 + 0.05 * i)) for i in range(12)],
+                 tmp_path / "long", shard_bytes=10**6, workers=1, progress=False)
+    cfg = _cfg(str(tmp_path / "long"), mode="stream", shuffle=False, num_workers=0, max_batch_size=2)
+    expected = [k for k, _ in _take(build_loader(cfg), 5)]
+    first = build_loader(cfg)
+    got = [k for k, _ in _take(first, 2)]
+    resumed = build_loader(cfg)
+    resumed.load_state_dict(first.state_dict())
+    got += [k for k, _ in _take(resumed, 3)]
+    assert got == expected and len({k for b in got for k in b}) == 10

@@ -22,11 +22,14 @@ Why the guarantees of the offset reader still hold (see `westkit.data.loader`):
    member has arrived. Items carry their (epoch, position) so the main process hands them out
    in the planned order.
 5. Resume: the loader's state is (epoch, position). A worker skips the shards whose samples all
-   belong to batches already handed out and starts at the first needed (shard, member); in
-   that shard the members before it are read and dropped (a tar stream cannot seek).
+   belong to batches already handed out and starts at the first needed (shard, member): at its
+   tar header (HTTP Range request, a seek for local files; from the index's offsets), or, for
+   ``pipe:`` commands and servers without Range, from the shard's start, dropping the members
+   before it. A retry after a network error starts the same way, at the first member not yet
+   delivered.
 
 Network errors are retried with exponential back-off (``retries``, ``retry_backoff``); a retry
-rereads the shard and drops the members already delivered. A shard that still fails (404, a
+starts at the first member not yet delivered (as a resume does). A shard that still fails (404, a
 truncated tar, a failing command) loses its remaining samples: they are counted in the
 worker's read-error budget (``max_read_errors``) and logged with the shard's URL. A batch
 that loses every member is replaced by the worker's previous batch (or its next one), so the
@@ -93,20 +96,30 @@ def _why(e: Exception) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def open_stream(url: str, timeout: float):
-    """A readable binary stream for a URL, a ``pipe:`` command or a local path."""
-    if url.startswith(("http://", "https://")):
-        return urllib.request.urlopen(url, timeout=timeout)
-    from webdataset.gopen import gopen
+def open_stream(url: str, timeout: float, offset: int = 0):
+    """(readable binary stream, where it starts) for a URL, a ``pipe:`` command or a local path.
 
-    return gopen(url, "rb")
+    ``offset`` > 0 asks for the bytes from there on (HTTP Range, a seek): a server that ignores
+    the Range and a pipe give the whole file, so the second value says what was got.
+    """
+    if url.startswith(("http://", "https://")):
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        return response, offset if response.status == 206 else 0
+    if url.startswith("pipe:"):
+        from webdataset.gopen import gopen
+
+        return gopen(url, "rb"), 0
+    f = open(url, "rb")
+    f.seek(offset)
+    return f, offset
 
 
 def fetch_bytes(url: str, timeout: float, retries: int, backoff: float) -> bytes:
     """The whole content of ``url``, retried with back-off on network errors."""
     for attempt in range(retries + 1):
         try:
-            with open_stream(url, timeout) as f:
+            with open_stream(url, timeout)[0] as f:
                 data = f.read()
             if hasattr(f, "wait_for_child"):
                 f.wait_for_child()  # a pipe: command that failed raises here
@@ -129,17 +142,26 @@ def fetch_index(url: str, timeout: float, retries: int, backoff: float) -> dict:
                          "folder's index.json next to its tars (westkit-shards writes it)") from e
 
 
-def tar_samples(url: str, timeout: float) -> Iterator[dict]:
-    """WebDataset samples ({"__key__", "json", "flac", ...}) of one shard, read front to back."""
+class Misplaced(Exception):
+    """A read that started at a member offset did not find the expected member there."""
+
+
+def tar_samples(url: str, timeout: float, offset: int = 0) -> tuple[int, Iterator[dict]]:
+    """(first byte read, WebDataset samples {"__key__", "json", "flac", ...}) of one shard, read
+    front to back from the tar header at ``offset`` if the source can start there, else from 0."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    stream = open_stream(url, timeout)
-    try:
-        yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
-        if hasattr(stream, "wait_for_child"):
-            stream.wait_for_child()
-    finally:
-        stream.close()
+    stream, start = open_stream(url, timeout, offset)
+
+    def samples():
+        try:
+            yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+            if hasattr(stream, "wait_for_child"):
+                stream.wait_for_child()
+        finally:
+            stream.close()
+
+    return start, samples()
 
 
 # ------------------------------------------------------------------------------------------
@@ -330,23 +352,40 @@ class StreamedBatches(IterableDataset):
             seen: set[int] = set()
             url = self.cat.paths[s]
             cfg = self.cfg
-            for attempt in range(cfg.retries + 1):
+            seek, attempt = True, 0
+            while True:
+                # start at the first needed sample not delivered yet: on a resume or a retry the
+                # members before it are not fetched again where the source can seek
+                start = next(i for i in range(lo, hi) if i in need and i not in seen)
+                offset = self._member_offset(start) if seek and start > lo else 0
                 try:
-                    for member in tar_samples(url, cfg.timeout):
+                    first_byte, members = tar_samples(url, cfg.timeout, offset)
+                    for n, member in enumerate(members):
                         i = ids.get(member["__key__"])
+                        audio = member.get("flac", member.get("wav"))
+                        complete = i is not None and "json" in member and (audio is not None
+                                                                          or not self.cat.has_audio[i])
+                        if n == 0 and first_byte and (i != start or not complete):
+                            # not the header the index implies (a long name's extra header, a
+                            # foreign tar's pax header): read this shard from its start instead
+                            members.close()
+                            raise Misplaced(f"{url}: sample {self.cat.keys[start]!r} is not at byte {first_byte}")
                         if i is None or i in seen:
                             continue  # filtered out, foreign, or delivered before a retry
-                        audio = member.get("flac", member.get("wav"))
-                        if "json" not in member or (audio is None and self.cat.has_audio[i]):
-                            continue  # incomplete (a stream cut mid-sample): the check below retries
+                        if not complete:
+                            continue  # (a stream cut mid-sample): the check below retries
                         seen.add(i)
                         if i in need:
                             yield i, {"key": self.cat.keys[i], "json": member["json"], "flac": audio}
                     # a dropped connection can look like the end of the tar: the index says
                     # what the shard holds, so a short read is an error (and is retried)
-                    if len(seen) < hi - lo:
-                        raise EOFError(f"the stream ended after {len(seen)} of {hi - lo} indexed samples")
+                    short = [i for i in range(start, hi) if i in need and i not in seen]
+                    if short:
+                        raise EOFError(f"the stream ended {len(short)} indexed samples short")
                     break
+                except Misplaced:  # members not where the index says (foreign headers): from 0
+                    seek = False
+                    continue
                 except RETRYABLE as e:
                     if _permanent(e) or attempt == cfg.retries:
                         lost = [i for i in range(lo, hi) if i not in seen and i in need]
@@ -358,9 +397,16 @@ class StreamedBatches(IterableDataset):
                     log.warning("data: shard %s: %s; retry %d of %d in %.1f s", url, _why(e), attempt + 1,
                                 cfg.retries, wait)
                     time.sleep(wait)
+                    attempt += 1
             for i in range(lo, hi):  # what the tar did not hold (truncated, failed) is lost
                 if i not in seen and i in need:
                     yield i, None
+
+    def _member_offset(self, i: int) -> int:
+        """Where sample ``i``'s first tar header is: 512 bytes before its first member's data
+        (a member with a long name has more headers; `Misplaced` then falls back to 0)."""
+        j_off, _, f_off, _ = self.cat.rows[i].tolist()
+        return max(0, (min(j_off, f_off) if f_off >= 0 else j_off) - 512)
 
     def _decode(self, raw: dict | None, i: int) -> dict | None:
         if raw is None:
