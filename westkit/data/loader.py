@@ -110,7 +110,8 @@ class LoaderConfig:
     retry_backoff: float = 1.0
     """Streaming: seconds before the first retry, doubled for each further one."""
     timeout: float = 60.0
-    """Streaming: seconds an HTTP connection or read may stall before it counts as failed."""
+    """Streaming: seconds an HTTP connection or read may stall before it counts as failed (a
+    ``pipe:`` command gets no timeout from here: give it its own, e.g. ``timeout 600 aws ...``)."""
 
     def __post_init__(self):
         # `westkit.config.build` puts the file and section (data, eval_data, ...) in front
