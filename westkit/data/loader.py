@@ -525,7 +525,8 @@ class Loader:
         self.dataset.errors = 0
         dl = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
                         collate_fn=_as_is, pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-                        prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None)
+                        prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None,
+                        worker_init_fn=_ignore_preemption_signals)
         pending = {}
         for where, batch in dl:
             pending[where] = batch
