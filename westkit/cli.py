@@ -191,7 +191,12 @@ def _fetch(parser: argparse.ArgumentParser, names: list[str], all_: bool, force:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``westkit`` console script; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    # overrides may follow options (``train CONFIG --strategy lora train.max_steps=5``)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "train":
             return _train(args)
