@@ -13,7 +13,10 @@ one decoder (`westkit.decode.recognizers.WhisperRecognizer`) and scores WER with
 the best model by dev WER is exported to ``OUT/best`` beside the latest checkpoint, and the end of
 training exports ``OUT/hf`` (merged plain Whisper), ``OUT/adapter`` (PEFT) and ``OUT/ct2``
 (CTranslate2) as ``whisper.export`` lists. The same model (`westkit.models.whistle.WhisTLE`) is
-WhisTLE's stage 2 when a TLE makes encoder states for text-only batches (recipes/tle).
+WhisTLE's stage 2 when a TLE makes encoder states for text-only batches: add a ``text:``
+section (``text.tle=exp/whistle/tle text.data.shards=[special-text]``) and text-only batches
+are interleaved with the speech ones (recipes/tle/finetune_decoder.py runs the same model with
+stage 2's own config and its TTS source).
 
 Defaults that follow the strategy: ``train.trainable`` left at ``["*"]`` becomes the decoder
 (full, encoder frozen), everything (full, encoder trained) or the adapters (lora/qlora);
@@ -26,12 +29,14 @@ from dataclasses import dataclass, field
 
 from westkit import recipe
 from westkit.data.loader import LoaderConfig, build_loader
+from westkit.data.mixing import MixedLoader
 from westkit.data.pipeline import tokenize
 from westkit.data.prepare import as_shards
 from westkit.decode.recognizers import WhisperRecognizer
 from westkit.decode.scoring import WERAccumulator
 from westkit.decode.search import GenerateConfig
 from westkit.models.features import SAMPLE_RATE
+from westkit.models.tle import load_tle
 from westkit.models.whistle import WhisperFinetuneConfig, WhisTLE
 from westkit.train import TrainConfig, Trainer, distributed
 from westkit.train.best import BestKeeper
@@ -61,9 +66,20 @@ class EvalConfig:
 
 
 @dataclass
+class TextSource:
+    """The ``text:`` section (WhisTLE stage 2's text source): text-only batches whose encoder
+    states come from a frozen stage-1 TLE, mixed with the speech batches (`MixedLoader`)."""
+    tle: str                    # output folder of recipes/tle/train.py
+    data: LoaderConfig = field(default_factory=LoaderConfig)
+    weight: float = 1.0         # text batches per speech batch (mode ratio)
+    sample_z: bool = True       # z ~ q(z|text) (else its mean)
+
+
+@dataclass
 class RecipeConfig:
     whisper: WhisperFinetuneConfig = field(default_factory=WhisperFinetuneConfig)
     data: WhisperData = field(default_factory=WhisperData)
+    text: TextSource | None = None
     eval_data: LoaderConfig | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(ds_config="zero2"))
@@ -79,6 +95,8 @@ class RecipeConfig:
                              "set data.test_split=0 or eval_data=null")
         if self.whisper.strategy == "qlora" and self.train.ds_config == "zero3":
             raise ValueError("whisper.strategy=qlora: ZeRO-3 cannot shard 4-bit weights; use train.ds_config=zero2")
+        if self.text is not None and self.text.weight <= 0:
+            raise ValueError(f"text.weight must be > 0, got {self.text.weight}; drop the text section instead")
         if not self.train.export_trainable and self.whisper.export:
             raise ValueError("train.export_trainable=false writes no artifact; leave it true or set whisper.export=[]")
 
@@ -110,11 +128,17 @@ def main(argv=None) -> int:
     run = recipe.start(RecipeConfig, __doc__, argv)
     cfg, info = run.cfg, run.info
     train_shards, held_out = as_shards(cfg.data.shards, run.out / "data", cfg.data.test_split)
-    model = WhisTLE.from_config(cfg.whisper)
+    tle = load_tle(cfg.text.tle) if cfg.text else None
+    model = WhisTLE.from_config(cfg.whisper, tle, sample_z=cfg.text.sample_z if cfg.text else True)
     steps = [tokenize("targets", model.text.targets)]
     loader = build_loader(dataclasses.replace(cfg.data, shards=train_shards), info.rank, info.world_size,
                           steps=steps)
     loader.require_audio("Whisper fine-tuning learns from paired speech")
+    if cfg.text:  # WhisTLE stage 2: text-only batches through the TLE, interleaved with speech
+        text = build_loader(cfg.text.data, info.rank, info.world_size,
+                            steps=[*steps, tokenize("text_ids", model.text.text_ids)])
+        loader = MixedLoader({"audio": loader, "text": text}, {"audio": 1.0, "text": cfg.text.weight},
+                             mode="ratio", seed=cfg.data.seed)
     eval_data = cfg.eval_data or (dataclasses.replace(LoaderConfig(), shards=held_out, shuffle=False,
                                                       num_workers=0, max_batch_size=cfg.data.max_batch_size)
                                   if held_out else None)

@@ -112,6 +112,26 @@ def test_full_with_trained_encoder_on_two_ranks(tiny, tmp_path):
     assert (out / "best" / "best.json").is_file()
 
 
+@pytest.mark.slow
+def test_whistle_stage2_is_this_recipe_with_a_text_source(tiny, tmp_path):
+    """A `text:` section adds TLE text-only batches, interleaved 1:1 with the speech batches."""
+    from westkit.data.shards import Entry, write_shards
+    from westkit.models.tle import TLE, TLEConfig, save_tle
+
+    cfg = TLEConfig(vocab_size=51864, d_model=32, d_text=16, text_layers=1, text_heads=2, d_latent=4,
+                    d_conv=16, conv_layers=2)
+    save_tle(tmp_path / "tle", cfg, TLE(cfg).state_dict())
+    write_shards([Entry(key=f"t{i}", text=t.upper()) for i, t in enumerate(TEXTS)], tmp_path / "text",
+                 workers=1, progress=False)
+    out = tmp_path / "stage2"
+    run(*common(tiny, out), f"data.shards=[{tiny / 'pairs'}]", "eval_data=null", "train.max_steps=4",
+        f"text={{tle: {tmp_path / 'tle'}, data: {{shards: [{tmp_path / 'text'}], max_batch_size: 3, num_workers: 0}}}}",
+        cwd=tmp_path)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert [r["text_only_batches"] for r in rows if r.get("kind") == "train"] == [0, 1, 0, 1]
+    assert (out / "hf" / "model.safetensors").is_file()
+
+
 def load_recipe():
     """The recipe script as a module (under a name of its own: `recipes` is not importable)."""
     if "whisper_recipe" not in sys.modules:
