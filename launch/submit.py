@@ -10,10 +10,10 @@ from ``OUT_DIR/checkpoints/latest``.
 
     # 2 nodes x 8 GPUs for 12 h on partition "gpu"
     python launch/submit.py --nodes 2 --gpus-per-node 8 --partition gpu --time 720 \\
-        recipes/west/train.py --config recipes/west/conf/west.yaml --out-dir exp/west1
+        recipes/west/train.py --config recipes/west/conf/large.yaml --out exp/west1
     # a sweep: one array task per combination; {sweep} names each run's own output folder
     python launch/submit.py --sweep train.lr=1e-4,3e-4 --sweep train.warmup_steps=100,500 \\
-        recipes/west/train.py --config recipes/west/conf/west.yaml --out-dir 'exp/west_{sweep}'
+        recipes/west/train.py --config recipes/west/conf/large.yaml --out 'exp/west_{sweep}'
     # the same job without SLURM (submitit's local executor), waiting for the result
     python launch/submit.py --local tests/train/toy_recipe.py --out-dir /tmp/toy
 
@@ -250,7 +250,7 @@ def check(args: argparse.Namespace) -> None:
         raise SystemExit(f"submit.py: {e}") from None
     if len(points) > 1 and not any("{sweep}" in a for a in args.args):
         raise SystemExit("submit.py: a sweep's runs would share one output folder: put {sweep} "
-                         "in the recipe's output argument, e.g. --out-dir 'exp/lr_{sweep}'")
+                         "in the recipe's output argument, e.g. --out 'exp/lr_{sweep}'")
     for item in args.slurm:
         if "=" not in item:
             raise SystemExit(f"submit.py: --slurm {item!r}: expected KEY=VALUE, e.g. exclusive=true")

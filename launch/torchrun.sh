@@ -12,7 +12,10 @@
 #
 # Signals: SIGTERM is passed to torchrun (which passes it to the workers); SIGUSR1, which SLURM
 # sends before a time limit with `#SBATCH --signal=USR1@120`, goes straight to the workers
-# (torchrun would die of it). The engine then checkpoints at the next step and exits; this
+# (torchrun would die of it). Ctrl-C (SIGINT) also goes straight to the workers, and torchrun
+# ignores it: its own shutdown would signal each worker's whole process group, DataLoader
+# workers included, which die of SIGTERM and take their rank down before it can save. A second
+# Ctrl-C kills the workers at once. The engine checkpoints at the next step and exits; this
 # script exits with westkit.train.PREEMPTED_EXIT_CODE (75) so that a requeue is in order.
 set -euo pipefail
 
@@ -48,10 +51,30 @@ export WESTKIT_EXIT_FILE=$exit_file
 # torchrun inherits SIGUSR1 ignored (Python keeps an inherited SIG_IGN); workers install
 # their own handler, so only they react.
 trap '' USR1
-python -m torch.distributed.run "${rdzv[@]}" --nproc_per_node "$nproc" --max_restarts 0 "$@" &
+# torchrun starts with SIGINT ignored (a background job of a script) and stays so unless it
+# installs its own handler (torch >= 2.8 has the flag to keep SIGINT off its list)
+signals=()
+torch_run=$(python -c 'import importlib.util as u, os; print(os.path.join(u.find_spec("torch").submodule_search_locations[0], "distributed", "run.py"))' 2>/dev/null || true)
+if grep -q -- "--signals-to-handle" "$torch_run" 2>/dev/null; then
+  signals=(--signals-to-handle SIGTERM,SIGHUP,SIGQUIT)
+fi
+python -m torch.distributed.run "${rdzv[@]}" --nproc_per_node "$nproc" --max_restarts 0 "${signals[@]}" "$@" &
 torchrun_pid=$!
 forward_usr1() { pkill -USR1 -P "$torchrun_pid" 2>/dev/null || true; }
-trap 'kill -TERM "$torchrun_pid" 2>/dev/null || true' TERM INT
+interrupted=0
+on_int() {
+  if [ "$interrupted" = 1 ]; then
+    echo "[torchrun.sh] second Ctrl-C: killing the workers without a checkpoint" >&2
+    pkill -KILL -P "$torchrun_pid" 2>/dev/null || true
+    kill -KILL "$torchrun_pid" 2>/dev/null || true
+    return
+  fi
+  interrupted=1
+  echo "[torchrun.sh] Ctrl-C: the workers checkpoint at the end of this step and exit (Ctrl-C again kills them)" >&2
+  pkill -INT -P "$torchrun_pid" 2>/dev/null || true
+}
+trap 'kill -TERM "$torchrun_pid" 2>/dev/null || true' TERM
+trap on_int INT
 trap forward_usr1 USR1
 
 status=0

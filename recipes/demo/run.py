@@ -11,7 +11,7 @@
 4. trains the text-to-latent encoder (TLE, stage 1) on general paired speech;
 5. adapts the Whisper decoder to the specialised domain from its text (stage 2): with TTS audio
    of the text only, and with TLE latents of the text + the TTS audio;
-6. scores every model on every test set, prints the before/after table and writes
+6. scores every model on every test set (``westkit-recognize``), prints the before/after table and writes
    ``OUT/demo.png`` (WER per model and set, and the training curves).
 
 Each step's outputs are kept: a second run reuses them (``--fresh`` starts over).
@@ -83,14 +83,17 @@ def build_corpora(asterisk_utts: int) -> dict[str, str]:
     return folders
 
 
-def evaluate(models: dict[str, str], sets: dict[str, str], out: Path, cache: Path) -> dict:
-    run(["recipes/tle/evaluate.py", "--models", *[f"{k}={v}" for k, v in models.items()],
-         "--sets", *sets.values(), "--cache-dir", str(cache), "--out", str(out)], out.with_suffix(".log"))
+def evaluate(models: dict[str, str], sets: dict[str, str], out: Path) -> dict:
+    """Every model on every set with westkit-recognize (one encoder pass for models sharing it):
+    greedy, at most 128 new tokens per utterance whatever its duration (the table's rule)."""
+    run(["-m", "westkit.decode.recognize", "--whisper", *[f"{k}={v}" for k, v in models.items()],
+         "--shards", *sets.values(), "--out", str(out), "--tokens-per-second", "0", "--base-tokens", "128",
+         "--max-new-tokens", "128", "--max-batch-seconds", "1e9", "--num-workers", "1"], out.with_suffix(".log"))
     return json.loads((out / "results.json").read_text())
 
 
-def show_transcripts(folder: Path, n: int = 6) -> None:
-    with open(folder) as f:
+def show_transcripts(hyps: Path, n: int = 6) -> None:
+    with open(hyps) as f:
         rows = [json.loads(line) for line in f][:n]
     for r in rows:
         print(f"  ref: {r['ref']}\n  hyp: {r['hyp']}")
@@ -102,7 +105,7 @@ def table(results: dict, sets: dict[str, str]) -> str:
     lines = [head, "|---" * (len(names) + 1) + "|"]
     for label, folder in sets.items():
         key = Path(folder).name
-        lines.append(f"| {label} | " + " | ".join(f"{100 * results[n][key]['wer']:.1f}" for n in names) + " |")
+        lines.append(f"| {label} | " + " | ".join(f"{100 * results[n][key]['all']['wer']:.1f}" for n in names) + " |")
     return "\n".join(lines)
 
 
@@ -116,7 +119,7 @@ def plot(results: dict, sets: dict[str, str], runs: dict[str, Path], path: Path)
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.5))
     names, width = list(results), 0.8 / len(results)
     for i, name in enumerate(names):
-        wers = [100 * results[name][Path(f).name]["wer"] for f in sets.values()]
+        wers = [100 * results[name][Path(f).name]["all"]["wer"] for f in sets.values()]
         bars.bar([j + i * width for j in range(len(sets))], wers, width, label=name)
     bars.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(sets))], list(sets))
     bars.set_ylabel("WER %")
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "state_cache"  # frozen-encoder states, shared by every step
+    states = out / "states"  # the frozen encoder's states of the paired speech, made once
     started = time.time()
 
     banner("1. built-in models from PyPI wheels (no network)")
@@ -152,17 +155,21 @@ def main(argv=None) -> int:
             "general domain": corpora["general-test"]}
 
     banner("3. the base model on real speech")
-    base = evaluate(MODELS, sets, out / "eval_base", cache)
-    show_transcripts(out / "eval_base" / "base" / f"{Path(corpora['asterisk-test']).name}.jsonl")
+    base = evaluate(MODELS, sets, out / "eval_base")
+    show_transcripts(out / "eval_base" / "base" / Path(corpora["asterisk-test"]).name / "hyps.jsonl")
     for label, folder in sets.items():
-        s = base["base"][Path(folder).name]
+        s = base["base"][Path(folder).name]["all"]
         print(f"base WER on {label}: {100 * s['wer']:.1f}% ({s['utterances']} utterances)")
 
     banner(f"4. stage 1: the TLE learns Whisper's encoder states from text ({args.stage1_steps} steps)")
+    for name in ("general-train", "special-tts"):  # both training stages read them
+        if not (states / name / "index.json").exists():
+            run(["-m", "westkit.data.states", corpora[name], "--out", str(states / name),
+                 "--model", "whisper-tiny.en"], out / f"encode-{name}.log")
     tle = out / "tle"
     if not (tle / "tle.safetensors").exists():
         run(["recipes/tle/train.py", "--config", "recipes/tle/conf/tle_tiny.yaml", "--out", str(tle),
-             f"stage1.cache_dir={cache}", f"train.max_steps={args.stage1_steps}",
+             f"data.states={states / 'general-train'}", f"train.max_steps={args.stage1_steps}",
              f"train.eval_every={args.stage1_steps}",  # one evaluation, at the end
              "data.shards=[" + corpora["general-train"] + "]", "eval_data.shards=[" + corpora["general-test"] + "]"],
             out / "tle.log")
@@ -173,7 +180,8 @@ def main(argv=None) -> int:
         run_dir = out / name
         if not (run_dir / "hf" / "model.safetensors").exists():
             run(["recipes/tle/finetune_decoder.py", "--config", "recipes/tle/conf/finetune_tiny.yaml",
-                 "--out", str(run_dir), f"stage2.tle={tle}", f"stage2.cache_dir={cache}",
+                 "--out", str(run_dir), f"stage2.tle={tle}", f"audio_data.states={states / 'general-train'}",
+                 f"tts_data.states={states / 'special-tts'}",
                  "text_data.shards=[" + corpora["special-text"] + "]",
                  "tts_data.shards=[" + corpora["special-tts"] + "]",
                  "audio_data.shards=[" + corpora["general-train"] + "]",
@@ -183,7 +191,7 @@ def main(argv=None) -> int:
         runs[f"stage 2: {name}"] = run_dir
 
     banner("6. every model on every test set")
-    results = evaluate(MODELS, sets, out / "eval_all", cache)
+    results = evaluate(MODELS, sets, out / "eval_all")
     text = table(results, sets)
     (out / "table.md").write_text(text + "\n")
     plot(results, sets, runs, out / "demo.png")

@@ -57,11 +57,12 @@ for domain in asterisk special; do
   adapt "$EXP/$domain-tle+tts" "$text" "$tts" 1 1
 done
 
-# ---- scoring: every model on every test set (encoder states computed once) ---------------------
+# ---- scoring: every model on every test set (one encoder pass per batch for all the models) ------
 models=(base=whisper-tiny.en audio-only=$EXP/audio-only/hf)
 for run in asterisk-tts asterisk-tle asterisk-tle+tts special-tts special-tle special-tle+tts; do
   models+=("$run=$EXP/$run/hf")
 done
-python recipes/tle/evaluate.py --models "${models[@]}" --cache-dir "$CACHE" --out "$EXP/table" \
-  --sets "$asterisk_test" "$data/special-test" "$data/general-test"
+python -m westkit.decode.recognize --whisper "${models[@]}" --out "$EXP/table" \
+  --tokens-per-second 0 --base-tokens 128 --max-new-tokens 128 --max-batch-seconds 1e9 \
+  --shards "$asterisk_test" "$data/special-test" "$data/general-test"
 echo "table: $EXP/table/table.md"

@@ -61,12 +61,12 @@ def test_bad_inputs_are_skipped_counted_and_reported(tmp_path):
     assert {r["reason"] for r in rejects} == set(expected)
     index = read_index(tmp_path / "out")
     assert index["rejected"] == expected and index["totals"]["samples"] == 2
-    # the stereo 44.1 kHz file was converted, not rejected
+    # the stereo 44.1 kHz file was converted, not rejected; keys are paths below the jsonl's folder
     with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
         names = tar.getnames()
-        meta = json.loads(tar.extractfile("stereo44.json").read())
-        audio, sr = sf.read(io.BytesIO(tar.extractfile("stereo44.flac").read()))
-    assert names == ["good.flac", "good.json", "stereo44.flac", "stereo44.json"]
+        meta = json.loads(tar.extractfile("b_stereo44.json").read())
+        audio, sr = sf.read(io.BytesIO(tar.extractfile("b_stereo44.flac").read()))
+    assert names == ["a_good.flac", "a_good.json", "b_stereo44.flac", "b_stereo44.json"]
     assert sr == SAMPLE_RATE and audio.ndim == 1 and abs(len(audio) - 1.5 * SAMPLE_RATE) <= 1
     assert meta == {"text": "stereo, relative path", "duration": 1.5, "sample_rate": 16000, "lang": "de",
                     "speaker": "s1", "source": "in"}

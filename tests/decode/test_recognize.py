@@ -11,6 +11,7 @@ import yaml
 from safetensors.torch import save_file
 
 from westkit.decode import recognize
+from westkit.decode.scoring import score
 from westkit.decode.search import GenerateConfig, LLMStep, greedy, token_budget
 from westkit.models.projector import ProjectorConfig
 from westkit.models.west import WestConfig, tiny_random
@@ -89,10 +90,13 @@ def test_shards_and_audio_files(run, wavs, tmp_path):
                          str(wavs / "u0.wav"), "--out", str(tmp_path / "out"), "--max-new-tokens", "6",
                          "--num-workers", "0"])
     assert rc == 0
-    hyps = _hyps(tmp_path / "out" / "hyps.jsonl")
-    assert sorted(hyps) == ["s0", "s1", "s2", "s3", "s4", "u0"]
-    assert hyps["u0"]["ref"] == "" and hyps["s0"]["ref"] == "hello there"
-    assert hyps["u0"]["hyp"] == hyps["s0"]["hyp"]  # same audio through both readers
+    # two sets: OUT/<model>/<set>/, the model named by its folder
+    shards, files = (_hyps(tmp_path / "out" / root.name / s / "hyps.jsonl") for s in ("shards", "audio"))
+    assert sorted(shards) == ["s0", "s1", "s2", "s3", "s4"] and sorted(files) == ["u0"]
+    assert files["u0"]["ref"] == "" and shards["s0"]["ref"] == "hello there"
+    assert files["u0"]["hyp"] == shards["s0"]["hyp"]  # same audio through both readers
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results[root.name]["shards"]["all"]["ref_words"] == 10 and "all" not in results[root.name]["audio"]
 
 
 def test_user_errors_name_the_problem(run, tmp_path, capsys):
@@ -134,3 +138,146 @@ def test_beam_search_and_silence_through_the_cli(run, wavs, tmp_path):
     assert ("speech_on_silence" in silent["flags"]) == any(c.isalnum() for c in silent["hyp"])
     rep = json.loads((tmp_path / "o" / "wer.json").read_text())
     assert rep["options"]["beam"] == 3 and "all" not in rep  # no references, no WER
+
+
+# -- several models on several sets -----------------------------------------------------------
+
+def test_models_sharing_an_encoder_decode_as_they_would_alone(tiny_whisper_dir, wavs, tmp_path):
+    """An adapted model (same encoder, other decoder) shares the base's encoder pass, a model
+    with another encoder gets its own; each model's hypotheses equal those of a run on its own."""
+    from transformers import WhisperForConditionalGeneration
+
+    from conftest import make_tiny_whisper
+    from westkit.decode.recognize import encoder_groups
+    from westkit.decode.recognizers import WhisperRecognizer
+
+    adapted = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    with torch.no_grad():
+        for p in adapted.model.decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    adapted.save_pretrained(tmp_path / "adapted")
+    other, tok = make_tiny_whisper(tmp_path / "other", seed=1)
+    tok.save_pretrained(tmp_path / "adapted")
+    specs = [f"base={tiny_whisper_dir}", f"adapted={tmp_path / 'adapted'}", f"other={tmp_path / 'other'}"]
+    sets = ["--jsonl", str(wavs / "list.jsonl"), "--audio", str(wavs / "u0.wav"), str(wavs / "u5.wav")]
+    assert recognize.main(["--whisper", *specs, *sets, "--out", str(tmp_path / "all"), "--max-new-tokens", "5"]) == 0
+    results = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert set(results) == {"base", "adapted", "other"} and set(results["base"]) == {"list", "audio"}
+    assert "| base |" in (tmp_path / "all" / "table.md").read_text()
+    for spec in specs:
+        name = spec.split("=")[0]
+        assert recognize.main(["--whisper", spec, *sets, "--out", str(tmp_path / name), "--max-new-tokens", "5"]) == 0
+        for s in ("list", "audio"):
+            together = _hyps(tmp_path / "all" / name / s / "hyps.jsonl")
+            alone = _hyps(tmp_path / name / name / s / "hyps.jsonl")
+            assert {k: r["hyp"] for k, r in together.items()} == {k: r["hyp"] for k, r in alone.items()}
+    gen = GenerateConfig()
+    models = {n: WhisperRecognizer.load(p, gen, "cpu", torch.float32) for n, p in
+              (s.split("=") for s in specs)}
+    assert encoder_groups(models) == [["base", "adapted"], ["other"]]
+
+
+# -- issue 11: nothing is dropped or cut silently; errors are one line before heavy work ------------
+
+def _concat_wav(tmp_path, long_wav, seconds_of_short=1.0):
+    """A short real file beside the long one."""
+    audio, rate = sf.read(long_wav)
+    short = tmp_path / "short.wav"
+    sf.write(short, audio[:int(seconds_of_short * rate)], rate)
+    return short
+
+
+def test_whisper_on_long_audio_decodes_30s_and_flags_it(whisper_tiny_path, long_wav, tmp_path):
+    """Real whisper-tiny.en on 35 s of real speech: the first 30 s are transcribed (not one
+    word), the row is flagged truncated_30s and wer.json says what was not heard."""
+    from conftest import LONG_TEXT
+
+    out = tmp_path / "o"
+    assert recognize.main(["--whisper", whisper_tiny_path, "--audio", str(long_wav), "--out", str(out)]) == 0
+    row = _hyps(out / "hyps.jsonl")["long"]
+    assert "truncated_30s" in row["flags"] and row["duration"] > 34
+    words = row["hyp"].split()
+    # greedy without timestamps, tiny.en ends early on a full window (28 of ~75 words here):
+    # the start is right, but it is no long-form transcript yet
+    assert len(words) >= 20, row["hyp"]
+    assert score([" ".join(LONG_TEXT.split()[:len(words)])], [row["hyp"]]).wer < 0.3
+    rep = json.loads((out / "wer.json").read_text())
+    assert rep["truncated_30s"]["utterances"] == 1 and rep["truncated_30s"]["seconds_not_decoded"] > 4
+    assert rep["audio_seconds"] == 30.0  # the RTF counts what was decoded
+
+
+def test_long_utterances_in_shards_and_west_are_kept_and_flagged(run, tiny_whisper_dir, long_wav, tmp_path):
+    from westkit.data.shards import Entry, write_shards
+
+    root, _ = run
+    short = _concat_wav(tmp_path, long_wav)
+    write_shards([Entry(key="long", text="a long one", audio=str(long_wav)),
+                  Entry(key="short", text="a short one", audio=str(short))],
+                 tmp_path / "shards", progress=False, workers=1)
+    for model in (["--whisper", str(tiny_whisper_dir)], ["--west", str(root)]):
+        out = tmp_path / model[0].strip("-")
+        assert recognize.main([*model, "--shards", str(tmp_path / "shards"), "--out", str(out),
+                               "--max-new-tokens", "4", "--num-workers", "0"]) == 0
+        hyps = _hyps(out / "hyps.jsonl")
+        assert sorted(hyps) == ["long", "short"]
+        assert "truncated_30s" in hyps["long"]["flags"] and "truncated_30s" not in hyps["short"]["flags"]
+        rep = json.loads((out / "wer.json").read_text())
+        assert rep["truncated_30s"]["utterances"] == 1 and rep["all"]["utterances"] == 2
+
+
+def test_audio_rows_keep_input_order_and_an_unreadable_file_is_a_row(run, wavs, tmp_path):
+    root, _ = run
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEfmt not really a wav file")
+    files = [wavs / "u3.wav", tmp_path / "broken.wav", wavs / "u0.wav", tmp_path / "missing.wav", wavs / "u7.wav"]
+    assert recognize.main(["--west", str(root), "--audio", *map(str, files), "--out", str(tmp_path / "o"),
+                           "--max-new-tokens", "4"]) == 0
+    rows = [json.loads(x) for x in open(tmp_path / "o" / "hyps.jsonl")]
+    assert [r["key"] for r in rows] == ["u3", "broken", "u0", "missing", "u7"]
+    bad = {r["key"]: r for r in rows if "unreadable" in r["flags"]}
+    assert sorted(bad) == ["broken", "missing"] and all(r["error"] for r in bad.values())
+    rep = json.loads((tmp_path / "o" / "wer.json").read_text())
+    assert rep["left_out"]["utterances"] == 2
+
+
+def test_empty_hypotheses_are_flagged(tiny_whisper_dir, wavs, tmp_path):
+    """A Whisper whose decoder always says <|endoftext|> first: every hypothesis is empty."""
+    from transformers import WhisperForConditionalGeneration
+
+    mute = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    with torch.no_grad():
+        mute.model.decoder.layer_norm.weight.zero_()
+        mute.model.decoder.layer_norm.bias.fill_(1.0)
+        mute.proj_out.weight[50256] = 1.0  # tied to the input embedding: fine, it is only an end
+    mute.save_pretrained(tmp_path / "mute")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "mute" / f).write_bytes((tiny_whisper_dir / f).read_bytes())
+    assert recognize.main(["--whisper", str(tmp_path / "mute"), "--jsonl", str(wavs / "list.jsonl"),
+                           "--out", str(tmp_path / "o")]) == 0
+    rows = _hyps(tmp_path / "o" / "hyps.jsonl")
+    assert all(r["hyp"] == "" and r["flags"] == ["empty"] for r in rows.values())
+    assert json.loads((tmp_path / "o" / "wer.json").read_text())["flag_counts"] == {"empty": 12}
+
+
+def test_bad_out_fails_in_one_line_before_models_load(tmp_path, wavs, capsys, caplog):
+    (tmp_path / "file.txt").write_text("x")
+    # the model does not exist: had it been loaded first, its error would come instead
+    for out in (tmp_path / "file.txt", tmp_path / "file.txt" / "sub", "/proc/westkit-no-such-dir"):
+        caplog.clear()
+        rc = recognize.main(["--whisper", str(tmp_path / "no-model"), "--audio", str(wavs / "u0.wav"),
+                             "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "--out" in err[0], err
+        assert "loading" not in caplog.text
+
+
+def test_cli_errors_are_one_line_without_traceback_unless_debugging(tmp_path, wavs, capsys, monkeypatch):
+    args = ["--whisper", str(tmp_path / "no-model"), "--audio", str(wavs / "u0.wav"), "--out", str(tmp_path / "o")]
+    assert recognize.main(args) == 2  # returned, not raised: no traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-model" in err[0] and "--debug" in err[0], err
+    # with --debug the error propagates (resolve() says a missing model is a user's ValueError)
+    with pytest.raises(ValueError, match="not a built-in name"):
+        recognize.main(args + ["--debug"])
+    monkeypatch.setenv("WESTKIT_DEBUG", "1")
+    with pytest.raises(ValueError, match="not a built-in name"):
+        recognize.main(args)

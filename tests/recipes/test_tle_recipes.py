@@ -124,10 +124,14 @@ def test_stage1_then_stage2_then_scoring(tiny, tmp_path):
     assert moved                                           # the decoder learned
     assert (stage2 / "hf" / "tokenizer.json").exists()
 
-    # both models share the encoder, so the scorer decodes them from the same cached states
-    run("evaluate.py", "--models", f"base={whisper}", f"adapted={stage2 / 'hf'}",
-        "--sets", str(tiny / "paired"), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "eval"),
-        "--max-new-tokens", "4", cwd=tmp_path)
+    # both models share the encoder, so westkit-recognize decodes them from one encoder pass
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, "-m", "westkit.decode.recognize", "--whisper", f"base={whisper}",
+                           f"adapted={stage2 / 'hf'}", "--shards", str(tiny / "paired"), "--out",
+                           str(tmp_path / "eval"), "--max-new-tokens", "4", "--num-workers", "0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "encoder passes shared by: base, adapted" in proc.stderr
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(results) == {"base", "adapted"}
     assert results["base"]["paired"]["utterances"] == len(TEXTS)

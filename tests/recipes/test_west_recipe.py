@@ -114,3 +114,22 @@ def test_torchrun_two_processes_zero3_resume_and_recognize(tmp_path, whisper_tin
     report = json.loads((tmp_path / "dec" / "wer.json").read_text())
     assert report["utterances"] == 4 and report["all"]["ref_words"] > 0
     assert "WER" in proc.stdout
+
+
+@pytest.mark.slow
+def test_text_only_shards_are_refused_before_training(tmp_path):
+    """Issue 11: text-only shards crashed WeST mid-training (KeyError 'audio'); now the recipe
+    checks its data at start and says what to do, in one line."""
+    from westkit.data.shards import Entry, write_shards
+
+    write_shards([Entry(key=f"t{i}", text=f"only text {i}") for i in range(4)], tmp_path / "text",
+                 workers=1, progress=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("RANK", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "west" / "train.py"), "--config",
+                           str(CONF / "tiny.yaml"), "--out", str(tmp_path / "run"),
+                           f"data.shards=[{tmp_path / 'text'}]", "eval_data=null", "data.num_workers=0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "4 of 4 samples" in proc.stderr and "text-only" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

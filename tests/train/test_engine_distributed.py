@@ -1,10 +1,11 @@
 """End-to-end engine tests: the toy recipe on 2 CPU processes (torchrun, gloo, ZeRO-3).
 
 One uninterrupted reference run is compared with runs that are killed (kill -9 at a random
-step, a crash while saving, SIGTERM) and resumed: their final trainable weights must be
+step, a crash while saving, SIGTERM, Ctrl-C) and resumed: their final trainable weights must be
 bitwise equal to the reference, which shows that weights, optimiser, schedule, data position
 and RNG all come back. Each 2-process start costs ~10 s on a 2-core machine.
 """
+import json
 import math
 import os
 import random
@@ -50,9 +51,9 @@ def run(cmd: list[str], log: Path) -> int:
         raise AssertionError(f"{cmd} hung; log: {log}") from None
 
 
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
+def start(cmd: list[str], log: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env(),
-                            cwd=REPO)
+                            cwd=REPO, **popen)
 
 
 def kill_tree(pid: int, sig=signal.SIGKILL):
@@ -190,6 +191,69 @@ def test_sigterm_via_launcher_checkpoints_and_exits_with_preempted_code(referenc
     rc = run(cmd[:-2], tmp_path / "log2.txt")
     assert rc == 0, (tmp_path / "log2.txt").read_text()[-3000:]
     assert_bitwise_equal(weights(out), weights(reference))
+
+
+def test_ctrl_c_in_a_terminal_running_the_launcher_acts_like_sigterm(reference, tmp_path):
+    """A terminal's Ctrl-C goes to its whole foreground process group (the launcher's session
+    here): checkpoint, exit 75, no KeyboardInterrupt, and the rerun ends like the reference."""
+    out = tmp_path / "interrupted"
+    cmd = ["bash", str(REPO / "launch/torchrun.sh"), "--nproc", "2", RECIPE, "--out-dir",
+           str(out), *COMMON, "--step-seconds", "0.05"]
+    proc = start(cmd, tmp_path / "log1.txt", start_new_session=True)
+    wait_for(lambda: (latest(out) or "") >= "step_00000005", proc, "the step-5 checkpoint")
+    os.killpg(proc.pid, signal.SIGINT)                           # what Ctrl-C does
+    assert proc.wait(timeout=TIMEOUT) == PREEMPTED_EXIT_CODE
+    log = (tmp_path / "log1.txt").read_text()
+    assert "Ctrl-C: the workers checkpoint" in log and "KeyboardInterrupt" not in log
+    step = int(log.split("received: checkpointing step ")[1].split()[0])
+    assert 5 <= step < 30 and latest(out) == f"step_{step:08d}"
+    rc = run(cmd[:-2], tmp_path / "log2.txt")
+    assert rc == 0, (tmp_path / "log2.txt").read_text()[-3000:]
+    assert_bitwise_equal(weights(out), weights(reference))
+
+
+def test_ctrl_c_in_plain_python_checkpoints_without_a_traceback_and_twice_aborts(tmp_path):
+    single = [sys.executable, RECIPE, "--zero-stage", "2", "--steps", "20"]
+    first_press = "westkit: Ctrl-C: checkpointing at the end of this step"
+    for presses in (1, 2):
+        out, log = tmp_path / f"pressed{presses}", tmp_path / f"log{presses}.txt"
+        # 2 s steps when pressing twice: the second press lands before the step ends
+        proc = start([*single, "--out-dir", str(out), "--step-seconds", str(0.1 * presses ** 4)], log)
+        wait_for(lambda: "starting at step 0" in log.read_text(), proc, "start")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        if presses == 2:                                         # once the first was handled
+            wait_for(lambda: first_press in log.read_text(), proc, "the first Ctrl-C's message")
+            proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=TIMEOUT)
+        text = log.read_text()
+        assert first_press in text
+        assert "Traceback" not in text, text[-3000:]
+        if presses == 1:
+            assert rc == PREEMPTED_EXIT_CODE, text[-3000:]
+            step = int(text.split("SIGINT received: checkpointing step ")[1].split()[0])
+            assert latest(out) == f"step_{step:08d}"
+        else:
+            assert rc == -signal.SIGINT                          # aborted at once
+
+
+def test_rerun_after_a_kill_keeps_only_the_metrics_of_the_continued_run(tmp_path):
+    """Killed after its step-10 checkpoint while logging steps past it: the resumed run's
+    metrics.jsonl has each step once, from the run that the checkpoints continue."""
+    out = tmp_path / "killed"
+    args = ["--zero-stage", "2", "--steps", "20", "--save-every", "10", "--log-every", "1"]
+    proc = start([sys.executable, RECIPE, *args, "--out-dir", str(out), "--step-seconds", "0.1"],
+                 tmp_path / "log1.txt")
+    wait_for(lambda: latest(out) == "step_00000010" and any(
+        '"step": 13' in line for line in (out / "metrics.jsonl").read_text().splitlines()),
+        proc, "records after the step-10 checkpoint")
+    kill_tree(proc.pid)
+    proc.wait()
+    assert run([sys.executable, RECIPE, *args, "--out-dir", str(out)], tmp_path / "log2.txt") == 0
+    assert "dropped" in (tmp_path / "log2.txt").read_text()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r["step"] for r in lines if r["kind"] == "train"]
+    assert train == list(range(1, 21))
 
 
 def test_uneven_data_on_two_ranks_stops_together_without_hanging(tmp_path):

@@ -151,6 +151,52 @@ def test_metrics_jsonl_keeps_last_record_per_step_and_plots(tmp_path):
     assert (tmp_path / "again.png").stat().st_size > 5000
 
 
+def _dead_run(out, steps=(5, 10, 15, 20), torn=True):
+    """metrics.jsonl as a run that logged ``steps`` (eval at 10 and 20) and was killed
+    mid-write leaves it."""
+    with open(out / "metrics.jsonl", "w") as f:
+        for step in steps:
+            f.write(json.dumps({"kind": "train", "step": step, "time": 0.0, "loss": 1.0 / step}) + "\n")
+            if step % 10 == 0:
+                f.write(json.dumps({"kind": "eval", "step": step, "time": 0.0, "loss": 2.0 / step}) + "\n")
+        if torn:
+            f.write('{"kind": "train", "step": 2')
+
+
+def test_resumed_run_drops_the_records_no_checkpoint_continues(tmp_path, capsys):
+    _dead_run(tmp_path)
+    log = RunLogger(tmp_path)
+    log.continue_from(10)                       # the last checkpoint was step 10
+    assert f"dropped 4 records after step 10" in capsys.readouterr().out
+    log.record(15, {"loss": 0.5})
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", 5), ("train", 10), ("eval", 10),
+                                                      ("train", 15)]
+    assert rows[-1]["loss"] == 0.5              # the new run's step 15, not the dead run's
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_run_starting_at_step_0_moves_a_stale_metrics_file_aside(tmp_path, capsys):
+    _dead_run(tmp_path, torn=False)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    log = RunLogger(tmp_path)
+    log.continue_from(0)
+    assert "moved it to" in capsys.readouterr().out
+    log.record(5, {"loss": 0.7})
+    log.close()
+    assert (tmp_path / "metrics.jsonl.stale").read_text() == before
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(5, 0.7)]
+
+
+def test_resume_with_nothing_to_drop_leaves_the_file_alone(tmp_path, capsys):
+    _dead_run(tmp_path, torn=False)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    RunLogger(tmp_path).continue_from(20)
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    assert "dropped" not in capsys.readouterr().out
+
+
 def test_gradient_checkpointing_reaches_nested_hf_models_and_keeps_gradients():
     from transformers import LlamaConfig, LlamaForCausalLM
 

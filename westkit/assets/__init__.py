@@ -174,7 +174,10 @@ def _hub_endpoint() -> str:
 
 def _in_hub_cache(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id after all ("a--b/c", "a/b..c")
+        return False
 
 
 @functools.lru_cache(maxsize=None)

@@ -348,6 +348,15 @@ def _as_is(batch):
     return batch
 
 
+def _ignore_preemption_signals(worker_id: int) -> None:
+    """Loader workers leave preemption to the rank: SLURM and torchrun signal whole process
+    groups, and a worker killed by SIGTERM would crash the rank before it can checkpoint."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class Loader:
     """Iterable of batches (the batch schema in `westkit.data.pipeline`) for one rank.
 
@@ -374,7 +383,8 @@ class Loader:
         dl = DataLoader(self.dataset, batch_size=None, sampler=_Positions(self.dataset, *start),
                         num_workers=self.cfg.num_workers, collate_fn=_as_is,
                         pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-                        prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None)
+                        prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None,
+                        worker_init_fn=_ignore_preemption_signals)
         for batch in dl:
             self.position += 1
             if self.position >= len(self.dataset.plan(self.epoch)):

@@ -1,7 +1,7 @@
 """Input formats -> `Entry` streams for the shard writer. Readers only parse; they never load audio.
 
 Formats (``FORMATS``; ``detect`` picks one from the path):
-    jsonl        WeST: one ``{"wav": path, "txt": text}`` per line, optional "key", "lang",
+    jsonl        WeST: one ``{"wav" (or "audio"): path, "txt" (or "text"): text}`` per line, optional "key", "lang",
                  "speaker"; a line without "wav" is a text-only sample. Relative paths are
                  relative to the jsonl's folder.
     csv          Whisper-CLI ``metadata.csv`` with columns file_name,transcription (paths
@@ -115,8 +115,8 @@ def _jsonl(path: Path, lang: str, source: str) -> Iterator[Entry]:
         except json.JSONDecodeError as e:
             yield _bad(path, n, "bad_line", f"not JSON: {e}")
             continue
-        text = obj.get("txt", obj.get("text")) if isinstance(obj, dict) else None
-        wav = obj.get("wav") if isinstance(obj, dict) else None
+        text = obj.get("txt", obj.get("text", "")) if isinstance(obj, dict) else None  # none: empty_text
+        wav = obj.get("wav", obj.get("audio")) if isinstance(obj, dict) else None
         if not isinstance(text, str) or not (wav is None or isinstance(wav, str)):
             yield _bad(path, n, "bad_line", 'expected {"wav": path, "txt": text}')
             continue

@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from westkit.models.features import SAMPLE_RATE
+
 
 @dataclasses.dataclass
 class GenerateConfig:
@@ -39,7 +41,7 @@ class Generated:
     hit_limit: bool
 
 
-def token_budget(audio_lens: torch.Tensor, cfg: GenerateConfig, sample_rate: int = 16000) -> list[int]:
+def token_budget(audio_lens: torch.Tensor, cfg: GenerateConfig, sample_rate: int = SAMPLE_RATE) -> list[int]:
     """audio_lens (B,) samples -> per-utterance new-token limits (``base + rate * seconds``, capped)."""
     return [min(cfg.max_new_tokens, cfg.base_tokens + math.ceil(cfg.tokens_per_second * n / sample_rate))
             for n in audio_lens.tolist()]

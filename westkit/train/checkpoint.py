@@ -175,13 +175,17 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
 
 def save_safetensors(state: dict[str, torch.Tensor], path: str | Path,
                      metadata: dict[str, str] | None = None) -> Path:
-    """Write tensors to ``path`` atomically (temp file, then rename)."""
+    """Write tensors to ``path`` atomically (temp file, then rename), with the mode a normal
+    file gets under the umask (safetensors creates its file 0600: teammates could not read it)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=metadata or {})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return path
 

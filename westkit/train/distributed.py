@@ -39,6 +39,9 @@ def init() -> DistInfo:
 
     Started without torchrun, the process becomes a world of one on a free local port.
     """
+    from westkit.noise import silence_known
+
+    silence_known()  # dependencies' harmless per-step warnings would bury the progress bar
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))

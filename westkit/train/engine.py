@@ -247,12 +247,14 @@ class Trainer:
         if tag is None:
             seed_everything(self.cfg.seed + self.dist.rank)
             self.log.info(f"starting at step 0 (out_dir {self.out_dir})")
+            self.log.continue_from(0)
             return
         state = self.checkpoints.load(self.engine, tag)
         self.step = self.last_saved = state["step"]
         self.train_loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         self.log.info(f"resumed from {self.checkpoints.root / tag} at step {self.step}")
+        self.log.continue_from(self.step)
 
     def _exit_preempted(self, signal_name: str) -> None:
         self.log.info(f"{signal_name} received: checkpointing step {self.step} and exiting "

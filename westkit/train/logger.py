@@ -18,6 +18,7 @@ class NullLogger:
     """What ranks other than 0 get: every method does nothing."""
 
     def info(self, message: str) -> None: ...
+    def continue_from(self, step: int) -> None: ...
     def start(self, total: int, initial: int) -> None: ...
     def advance(self, step: int) -> None: ...
     def record(self, step: int, values: dict, kind: str = "train") -> None: ...
@@ -27,13 +28,18 @@ class NullLogger:
 
 class RunLogger(NullLogger):
     """Writes under ``out_dir``: ``metrics.jsonl`` (one JSON object per record, appended
-    across resumes), ``tensorboard/`` events and ``curves.png`` (loss and lr against step)."""
+    across resumes), ``tensorboard/`` events and ``curves.png`` (loss and lr against step).
+
+    Call `continue_from` with the step training starts at before the first record, so the
+    files hold one run's history: the one the checkpoints continue."""
 
     def __init__(self, out_dir: str | Path):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(self.out_dir / "metrics.jsonl", "a")
+        self.metrics = self.out_dir / "metrics.jsonl"
+        self.jsonl = None  # opened at the first record
         self._tb = None
+        self._purge_step = None
         self.bar = None
 
     def info(self, message: str) -> None:
@@ -42,6 +48,43 @@ class RunLogger(NullLogger):
             self.bar.write(line)
         else:
             print(line, flush=True)
+
+    def continue_from(self, step: int) -> None:
+        """Drop what a run no checkpoint continues left in ``metrics.jsonl``: at step 0 the
+        whole file moves to ``metrics.jsonl.stale``; at a resumed step N the records after N
+        (written after the last checkpoint by a run that then died) go, in an atomic rewrite.
+        TensorBoard hides its events after ``step`` likewise (``purge_step``)."""
+        self._purge_step = step + 1
+        if not self.metrics.is_file() or self.metrics.stat().st_size == 0:
+            return
+        if step == 0:
+            stale = self.metrics.with_name(self.metrics.name + ".stale")
+            os.replace(self.metrics, stale)
+            self.info(f"{self.metrics} holds records of a run no checkpoint continues: moved it "
+                      f"to {stale}")
+            return
+        keep, dropped = [], 0
+        with open(self.metrics) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row_step = json.loads(line)["step"]
+                except (ValueError, KeyError):  # a line torn by a kill mid-write
+                    row_step = None
+                if row_step is not None and row_step <= step and line.endswith("\n"):
+                    keep.append(line)
+                else:
+                    dropped += 1
+        if dropped:
+            tmp = self.metrics.with_name(self.metrics.name + ".tmp")
+            with open(tmp, "w") as f:
+                f.writelines(keep)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.metrics)
+            self.info(f"{self.metrics}: dropped {dropped} records after step {step}, written by "
+                      f"the previous run after its last checkpoint")
 
     def start(self, total: int, initial: int) -> None:
         # in a batch job's log file every refresh is a line: refresh rarely there
@@ -56,13 +99,15 @@ class RunLogger(NullLogger):
     def tb(self):
         if self._tb is None:  # deferred: importing TensorBoard costs seconds
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self._purge_step)
         return self._tb
 
     def record(self, step: int, values: dict, kind: str = "train") -> None:
         """One record of numbers at ``step``; ``kind`` is "train" or "eval" (TensorBoard prefix)."""
         row = {"kind": kind, "step": step, "time": round(time.time(), 3)}
         row.update({k: float(v) for k, v in values.items()})
+        if self.jsonl is None:
+            self.jsonl = open(self.metrics, "a")
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
         for k, v in values.items():
@@ -87,7 +132,9 @@ class RunLogger(NullLogger):
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-        self.jsonl.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+            self.jsonl = None
 
 
 def read_metrics(path: str | Path) -> list[dict]:
