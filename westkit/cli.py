@@ -4,6 +4,17 @@
     westkit assets fetch NAME [NAME...]       materialise them (progress on stderr, paths on stdout)
     westkit assets fetch --all [--force]
     westkit units fit SHARDS --layer N --k 512 --out FILE   k-means speech units (westkit.data.units)
+
+    westkit train CONFIG [--strategy full|lora|qlora] [--freeze-encoder | --no-freeze-encoder]
+                  [--grad-ckpt] [--out DIR] [--nproc N] [section.key=value ...]
+    westkit transcribe AUDIO_OR_FOLDER... [--model M] [--json] [--beam N] [--language LANG]
+    westkit evaluate DATA [--model M] [--worst N] [--json FILE]
+    westkit compare DATA --models base=whisper-tiny.en ft=exp/whisper/tiny_lora [--show N] [--plot PNG]
+
+``train`` runs recipes/whisper/train.py (through torchrun with ``--nproc`` > 1); a model is an
+asset name, a hub id, a Whisper HF folder or a training run folder (its ``hf/`` export); DATA is a
+shard folder, a built-in corpus, a folder with metadata.csv or audio + .txt pairs, or a WeST
+jsonl. Every decode reports its real-time factor (RTF: decoding seconds per audio second).
 """
 from __future__ import annotations
 
@@ -11,7 +22,12 @@ import argparse
 import contextlib
 import sys
 
+from pathlib import Path
+
 from westkit import assets, paths
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "whisper" / "train.py"
+DEFAULT_MODEL = "whisper-tiny.en"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +58,115 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-frames", type=int, default=200_000, help="subsample to this many frames")
     fit.add_argument("--iters", type=int, default=30, help="Lloyd iterations")
     fit.add_argument("--seed", type=int, default=0)
+
+    t = commands.add_parser("train", help="fine-tune Whisper (recipes/whisper/train.py)",
+                            description="Fine-tune Whisper with recipes/whisper/train.py; flags are "
+                                        "shorthands for its overrides (docs/whisper.md).")
+    t.add_argument("config", help="recipe YAML, e.g. recipes/whisper/conf/tiny.yaml")
+    t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=20")
+    t.add_argument("--strategy", choices=("full", "lora", "qlora"), help="whisper.strategy")
+    t.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="whisper.freeze_encoder (--no-freeze-encoder trains the encoder too)")
+    t.add_argument("--grad-ckpt", action="store_true", help="train.gradient_checkpointing=true")
+    t.add_argument("--out", help="run folder (default exp/whisper/CONFIG-STRATEGY)")
+    t.add_argument("--nproc", type=int, default=1, help="processes (torchrun) on this machine")
+
+    for name, helptext in (("transcribe", "transcribe audio files or folders"),
+                           ("evaluate", "WER of one model on a data set, with its worst utterances"),
+                           ("compare", "several models on one data set, side by side")):
+        c = commands.add_parser(name, help=helptext, description=helptext)
+        if name == "transcribe":
+            c.add_argument("inputs", nargs="+", metavar="AUDIO_OR_FOLDER")
+            c.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+        else:
+            c.add_argument("data", metavar="DATA")
+            c.add_argument("--json", metavar="FILE", help="also write every hypothesis to FILE (jsonl)")
+        if name == "compare":
+            c.add_argument("--models", nargs="+", required=True, metavar="LABEL=MODEL")
+            c.add_argument("--show", type=int, default=20, help="differing utterances to print")
+            c.add_argument("--plot", help="WER bar plot (PNG) path")
+        else:
+            c.add_argument("--model", default=DEFAULT_MODEL, help=f"default {DEFAULT_MODEL}")
+        if name == "evaluate":
+            c.add_argument("--worst", type=int, default=10, help="worst utterances to print")
+        c.add_argument("--beam", type=int, default=1)
+        c.add_argument("--language", help="multilingual models: language token (de, es, ...)")
     return parser
+
+
+def _train(args) -> int:
+    import os
+    import subprocess
+
+    config = Path(args.config)
+    if not config.is_file():
+        raise ValueError(f"{config}: no such config; see recipes/whisper/conf/ (tiny.yaml, large-v3.yaml)")
+    if not RECIPE.is_file():
+        raise ValueError(f"{RECIPE} not found: `westkit train` needs the source checkout (pip install -e .)")
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    overrides = list(args.overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"override {bad[0]!r} is not section.key=value (e.g. train.max_steps=20)")
+    if args.strategy:
+        overrides.append(f"whisper.strategy={args.strategy}")
+    if args.freeze_encoder is not None:
+        overrides.append(f"whisper.freeze_encoder={str(args.freeze_encoder).lower()}")
+    if args.grad_ckpt:
+        overrides.append("train.gradient_checkpointing=true")
+    out = args.out or f"exp/whisper/{config.stem}-{args.strategy or 'config'}"
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc)]
+              if args.nproc > 1 else [sys.executable])
+    cmd = [*launch, str(RECIPE), "--config", str(config), "--out", out, *overrides]
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.call(cmd, env=os.environ.copy())
+
+
+def _decode_command(args) -> int:
+    import json
+
+    from westkit import asr
+
+    if args.command == "transcribe":
+        result = asr.transcribe(args.inputs, args.model, args.beam, args.language)
+        for r in result.rows:
+            print(json.dumps({"file": r["key"], "text": r["hyp"], "duration": r["duration"]})
+                  if args.json else f"{r['key']}\t{r['hyp']}")
+        print(f"westkit: {len(result.rows)} files, {result.audio_seconds:.1f} s of audio, "
+              f"RTF {result.rtf:.3f}", file=sys.stderr)
+        return 0
+    if args.command == "evaluate":
+        models = [(args.model, args.model)]
+    else:
+        models = []
+        for spec in args.models:
+            label, sep, model = spec.partition("=")
+            if not sep or not label or not model:
+                raise ValueError(f"--models {spec!r}: write LABEL=MODEL, e.g. base=whisper-tiny.en")
+            models.append((label, model))
+        if len({label for label, _ in models}) != len(models):
+            raise ValueError("--models: each LABEL must be different")
+    for _, model in models:  # fail before any decoding on a model folder that cannot work
+        asr.model_folder(model)
+    results = []
+    loader = asr.data_loader(args.data)
+    for label, model in models:
+        d = asr.decode(asr.load_recognizer(model, args.beam, args.language), loader, label, total=len(loader))
+        results.append(d)
+    if args.json:
+        with open(args.json, "w") as f:
+            for d in results:
+                for r in d.rows:
+                    f.write(json.dumps({"model": d.model, **r}) + "\n")
+    print(asr.wer_table(results))
+    if args.command == "evaluate":
+        print(asr.worst(results[0], args.worst))
+    else:
+        print(asr.side_by_side(results, args.show))
+        if args.plot:
+            print(f"plot: {asr.bar_plot(results, Path(args.plot), f'WER on {Path(args.data).name}')}")
+    return 0
 
 
 def _list() -> int:
@@ -82,11 +206,20 @@ def _fetch(parser: argparse.ArgumentParser, names: list[str], all_: bool, force:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``westkit`` console script; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    # overrides may follow options (``train CONFIG --strategy lora train.max_steps=5``)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "units":
             from westkit.data.units import main_fit
             return main_fit(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command in ("transcribe", "evaluate", "compare"):
+            return _decode_command(args)
         if args.action == "list":
             return _list()
         return _fetch(args.usage_of, args.names, args.all, args.force)

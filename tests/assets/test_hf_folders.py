@@ -123,7 +123,7 @@ def test_mistyped_builtin_name_fails_at_once_with_a_suggestion(hub, online):
     with pytest.raises(ValueError) as e:
         assets.resolve("whisper-tiny")
     assert str(e.value) == ("whisper-tiny is not a built-in name, a local folder or a reachable hub id: "
-                            "did you mean whisper-tiny.en?")
+                            "did you mean whisper-tiny.en or whisper-base?")
     with pytest.raises(ValueError, match=r"^exp/nothing-here is not a built-in name.*HF_HUB_OFFLINE"
                                          if not online else r"^\./missing is not a built-in name, a "
                                          r"local folder.*built-in names are whisper-tiny.en"):

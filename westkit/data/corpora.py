@@ -7,6 +7,7 @@
 | --------------- | ------------------------------------------------------------------------- |
 | asterisk-test   | real speech: half of the Asterisk English prompts (one speaker, G.722)     |
 | asterisk-adapt  | text only: the transcripts of the other half (domain adaptation text)      |
+| asterisk-train  | real speech of asterisk-adapt's half (Whisper fine-tuning on paired audio) |
 | general-train   | espeak-ng speech of the general sentences, 2 renditions (voice/rate/pitch) |
 | general-test    | espeak-ng speech of held-out general sentences                             |
 | special-text    | text only: specialised-domain sentences (drug names, astronomy)            |
@@ -40,7 +41,7 @@ from westkit import paths
 from westkit.data.audio import BadInput, conform
 from westkit.data.shards import INDEX, Entry, write_shards
 
-NAMES = ("asterisk-test", "asterisk-adapt", "general-train", "general-test",
+NAMES = ("asterisk-test", "asterisk-adapt", "asterisk-train", "general-train", "general-test",
          "special-text", "special-tts", "special-test")
 
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
@@ -135,12 +136,13 @@ def normalise_prompt(text: str) -> str:
     return " ".join(text.split())
 
 
-def _asterisk(name: str, test: bool) -> Iterator[Entry]:
+def _asterisk(name: str, test: bool, audio_too: bool = False) -> Iterator[Entry]:
     for prompt, text, audio, line in asterisk_prompts():
         if _is_test(prompt, 0.5) == test:
-            yield Entry(key=f"asterisk-{prompt}", text=text, audio=audio if test else None,
-                        speaker="allison" if test else "", source=name, input=str(ASTERISK_TRANSCRIPTS),
-                        line=line)
+            with_audio = test or audio_too
+            yield Entry(key=f"asterisk-{prompt}", text=text, audio=audio if with_audio else None,
+                        speaker="allison" if with_audio else "", source=name,
+                        input=str(ASTERISK_TRANSCRIPTS), line=line)
 
 
 def _entries(name: str) -> Iterator[Entry]:
@@ -148,6 +150,8 @@ def _entries(name: str) -> Iterator[Entry]:
         return _asterisk(name, test=True)
     if name == "asterisk-adapt":
         return _asterisk(name, test=False)
+    if name == "asterisk-train":
+        return _asterisk(name, test=False, audio_too=True)
     if name == "general-train":
         return _synth(name, "general", _split("general", False), renditions=2, heldout=False)
     if name == "general-test":

@@ -45,15 +45,20 @@ def load_whisper(name_or_path: str):
 class WhisperAudioEncoder(nn.Module):
     """Audio (B, T) at 16 kHz -> encoder states (B, F', D) with lengths (B,).
 
-    F' = ceil(F / 2) where F = T // 160 log-mel frames (50 states per second). No gradients
-    flow through it: the encoder is frozen in every recipe that uses it, and running it under
-    ``torch.no_grad`` saves the activation memory of a model that never learns.
+    F' = ceil(F / 2) where F = T // 160 log-mel frames (50 states per second). By default no
+    gradients flow through it: the encoder is frozen in most recipes, and running it under
+    ``torch.no_grad`` saves the activation memory of a model that never learns. With
+    ``trainable=True`` (Whisper fine-tuning with ``freeze_encoder: false``) the encoder keeps
+    its autograd graph; the frozen path is unchanged.
     """
 
-    def __init__(self, encoder: nn.Module, pad_to_30s: bool = False):
+    def __init__(self, encoder: nn.Module, pad_to_30s: bool = False, trainable: bool = False):
         super().__init__()
         self.encoder = encoder
         self.pad_to_30s = pad_to_30s
+        # True: `encode` keeps the autograd graph (fine-tuning the encoder); the log-mel front
+        # end never needs gradients
+        self.trainable = trainable
         # kept out of the module tree: a precision cast of the model (``.bfloat16()``, as
         # mixed-precision engines do) would otherwise round the float32 mel filter bank too
         object.__setattr__(self, "_logmel", LogMel(n_mels=encoder.config.num_mel_bins))
@@ -73,13 +78,19 @@ class WhisperAudioEncoder(nn.Module):
 
     def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor):
         """audio (B, T) zero-padded float, audio_lens (B,) samples -> (states (B, F', D), lens (B,))."""
+        feats, feat_lens = self.features(audio, audio_lens)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            return self.encode(feats, feat_lens)
+
+    def features(self, audio: torch.Tensor, audio_lens: torch.Tensor):
+        """audio (B, T), audio_lens (B,) -> float32 log-mel (B, n_mels, F) and lengths (B,), no grad."""
         with torch.no_grad():
             feats, feat_lens = self.logmel(audio, audio_lens, pad_to_30s=self.pad_to_30s)
             feats = feats.float()
             if feats.shape[-1] > self.max_frames:
                 raise ValueError(f"audio of {feats.shape[-1] * HOP / SAMPLE_RATE:.1f} s is longer than "
                                  f"Whisper's 30 s window: filter long utterances in the data config")
-            return self.encode(feats, feat_lens)
+        return feats, feat_lens
 
     def forward_layers(self, audio: torch.Tensor, audio_lens: torch.Tensor, layer: int):
         """Like `forward`, and also the hidden states after transformer block ``layer`` (1..N;
@@ -237,3 +248,27 @@ def decoder_loss(whisper: nn.Module, states: torch.Tensor, input_ids: torch.Tens
     """
     out = whisper.model.decoder(input_ids=input_ids, encoder_hidden_states=states, use_cache=False)
     return token_cross_entropy(whisper.proj_out(out.last_hidden_state), labels)
+
+
+def spec_augment(feats: torch.Tensor, feat_lens: torch.Tensor, freq_masks: int, freq_width: int,
+                 time_masks: int, time_width: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) without time warping on log-mel (B, n_mels, F).
+
+    Each row gets ``freq_masks`` bands of up to ``freq_width`` mel bins and ``time_masks``
+    spans of up to ``time_width`` x its own length (``feat_lens`` (B,)) set to the row's mean
+    log-mel (Whisper's features are normalised to about [-1, 1], so 0 would be a loud value).
+    Returns a new tensor; padded frames stay as they were.
+    """
+    out = feats.clone()
+    b, n_mels, width = feats.shape
+    for i, n in enumerate(feat_lens.tolist()):
+        fill = feats[i, :, :n].mean()
+        for _ in range(freq_masks):
+            w = int(torch.randint(0, freq_width + 1, (1,), generator=generator))
+            f0 = int(torch.randint(0, max(1, n_mels - w), (1,), generator=generator))
+            out[i, f0:f0 + w, :n] = fill
+        for _ in range(time_masks):
+            w = int(torch.randint(0, int(time_width * n) + 1, (1,), generator=generator))
+            t0 = int(torch.randint(0, max(1, n - w), (1,), generator=generator))
+            out[i, :, t0:t0 + w] = fill
+    return out

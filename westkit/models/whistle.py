@@ -2,9 +2,11 @@
 
 * `TLERegression` (stage 1): a `TLE` learns to regress the frozen Whisper encoder's states of
   paired speech from the transcript.
-* `WhisTLE` (stage 2): fine-tunes the Whisper decoder; a text-only batch gets encoder states
-  from the frozen TLE, an audio batch from the frozen real encoder. The real encoder is what
-  decodes at inference, so the artifact is an ordinary Whisper folder.
+* `WhisTLE` (stage 2, and plain Whisper fine-tuning: ``recipes/whisper/train.py``): fine-tunes
+  Whisper (full, LoRA or QLoRA; encoder frozen or not); a text-only batch gets encoder states
+  from the frozen TLE, an audio batch from the real encoder. The real encoder is what decodes at
+  inference, so the artifact is an ordinary Whisper folder (plus, on request, the PEFT adapter
+  and a CTranslate2 folder). One Whisper training model serves both recipes.
 
 Batch schema (`westkit.data.pipeline`): ``keys``, ``texts``, ``langs``; ``text_ids`` (B, L) +
 ``text_lens`` (B,) for the TLE and ``targets`` (B, L) + ``target_lens`` for the decoder (made
@@ -17,14 +19,17 @@ exactly as stored ones are, so both ways give the same numbers (and ZeRO-3 gathe
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
 from westkit.models.features import SAMPLE_RATE
 from westkit.models.tle import TLE, TLE_WEIGHTS, language_ids, save_tle, speech_frames, tle_loss
-from westkit.models.whisper import WhisperAudioEncoder, WhisperText, decoder_batch, decoder_loss
+from westkit.models.whisper import (WhisperAudioEncoder, WhisperText, decoder_batch, decoder_loss,
+                                    load_whisper_tokenizer, spec_augment)
 
 
 def frozen_states(encoder: WhisperAudioEncoder, batch: dict) -> torch.Tensor:
@@ -81,26 +86,139 @@ class TLERegression(nn.Module):
         return [folder / TLE_WEIGHTS]
 
 
-class WhisTLE(nn.Module):
-    """Stage 2: Whisper whose encoder states come from the TLE for text-only batches.
+STRATEGIES = ("full", "lora", "qlora")
+EXPORTS = ("hf", "adapter", "ct2")
 
-    whisper: ``WhisperForConditionalGeneration`` (decoder trained, encoder frozen by the
-    engine's ``trainable`` patterns); tle: a trained `TLE` (frozen), or None when every batch
-    has audio (TTS-only adaptation). A batch without ``"audio"`` is text-only: the TLE makes
+
+@dataclass
+class WhisperLora:
+    """PEFT LoRA on Whisper's linear layers (``whisper.lora``)."""
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Linear layer names (q_proj, k_proj, v_proj, out_proj, fc1, fc2); in the decoder only
+    when the encoder is frozen, in both halves otherwise."""
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.target_modules:
+            raise ValueError(f"whisper.lora: need r >= 1, alpha > 0, 0 <= dropout < 1 and at least one "
+                             f"target module, got r={self.r} alpha={self.alpha} dropout={self.dropout} "
+                             f"target_modules={self.target_modules}")
+
+
+@dataclass
+class SpecAugmentConfig:
+    """SpecAugment on the log-mel of training batches (``whisper.spec_augment``; null: off)."""
+    freq_masks: int = 2
+    freq_width: int = 27        # mel bins per band, at most
+    time_masks: int = 2
+    time_width: float = 0.05    # fraction of the utterance per span, at most
+
+
+@dataclass
+class WhisperFinetuneConfig:
+    """The ``whisper:`` section: what Whisper to fine-tune and how."""
+    model: str = "whisper-tiny.en"
+    """Built-in asset name, hub id (``openai/whisper-large-v3``) or local HF folder."""
+    strategy: Literal["full", "lora", "qlora"] = "full"
+    """full: every weight of the trained part; lora: PEFT LoRA adapters on a frozen base;
+    qlora: LoRA on a 4-bit NF4 base (bitsandbytes)."""
+    freeze_encoder: bool = True
+    """true: only the decoder learns (the encoder runs without gradients); false: both halves."""
+    lora: WhisperLora = field(default_factory=WhisperLora)
+    spec_augment: SpecAugmentConfig | None = None
+    language: str | None = None
+    """Multilingual models: the language token of the prefix (``de``); null keeps the model's."""
+    task: Literal["transcribe", "translate"] = "transcribe"
+    export: list[str] = field(default_factory=lambda: ["hf"])
+    """Artifacts written at the end: hf (a plain, merged Whisper folder), adapter (the PEFT
+    adapter alone, LoRA strategies), ct2 (a CTranslate2 folder converted from hf)."""
+
+    def __post_init__(self):
+        unknown = [e for e in self.export if e not in EXPORTS]
+        if unknown:
+            raise ValueError(f"whisper.export: unknown artifact {unknown[0]!r}; choose from {', '.join(EXPORTS)}")
+        if "adapter" in self.export and self.strategy == "full":
+            raise ValueError("whisper.export names `adapter`, but whisper.strategy=full trains no adapter; "
+                             "drop it or use strategy lora/qlora")
+        if "ct2" in self.export and "hf" not in self.export:
+            raise ValueError("whisper.export: ct2 is converted from the hf folder; list hf too")
+
+    def trainable_patterns(self) -> list[str]:
+        """``train.trainable`` for a `WhisTLE` of this strategy: the decoder (or all of
+        Whisper), or the adapters (which sit in the encoder too when it is not frozen)."""
+        if self.strategy != "full":
+            return ["whisper.*lora_*"]
+        return ["whisper.model.decoder.*"] if self.freeze_encoder else ["whisper.*"]
+
+
+def lora_config(cfg: WhisperFinetuneConfig):
+    """PEFT ``LoraConfig`` for the Whisper inside a `WhisTLE` (module names under it)."""
+    from peft import LoraConfig
+
+    half = "decoder" if cfg.freeze_encoder else "(encoder|decoder)"
+    names = "|".join(cfg.lora.target_modules)
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=rf"model\.{half}\.layers\.\d+\..*\b({names})")
+
+
+def load_base(name_or_path: str, quantize: bool = False):
+    """Whisper (``WhisperForConditionalGeneration``) in float32, or with every linear layer but
+    the output head as a bitsandbytes NF4 ``Linear4bit`` (float32 compute, so it runs on CPU)."""
+    from transformers import WhisperForConditionalGeneration
+
+    from westkit.assets import resolve
+
+    path = resolve(name_or_path)
+    if not quantize:
+        return WhisperForConditionalGeneration.from_pretrained(path)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError("whisper.strategy=qlora needs bitsandbytes: pip install 'bitsandbytes==0.50.*' "
+                         "(or use strategy lora)") from None
+    from transformers import BitsAndBytesConfig
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                           bnb_4bit_use_double_quant=False)
+    try:
+        return WhisperForConditionalGeneration.from_pretrained(path, quantization_config=q, device_map={"": "cpu"})
+    except (RuntimeError, ImportError) as e:
+        raise ValueError(f"whisper.strategy=qlora: bitsandbytes cannot quantise here ({e}); "
+                         "use strategy lora") from None
+
+
+class WhisTLE(nn.Module):
+    """Whisper fine-tuning; stage 2 of WhisTLE when a TLE stands in for speech.
+
+    whisper: ``WhisperForConditionalGeneration`` (what trains is chosen by the engine's
+    ``trainable`` patterns, `trainable_patterns` gives them); tle: a trained `TLE` (frozen), or
+    None when every batch has audio. A batch without ``"audio"`` is text-only: the TLE makes
     1500 states from its text with the predicted speech length (z sampled from q(z|text) when
     ``sample_z``, else its mean). A batch with audio goes through the real encoder, exactly as
-    at inference. Both frozen parts stay in eval mode (no dropout) whatever mode the engine sets.
+    at inference: frozen (no grad, states rounded through float16 like precomputed ones) or,
+    with ``freeze_encoder=False``, with gradients; ``spec_augment`` masks its log-mel while
+    training. Frozen parts stay in eval mode (no dropout) whatever mode the engine sets.
+
+    ``finetune`` (a `WhisperFinetuneConfig`, as `from_config` passes it) says which strategy
+    built the model and which artifacts `export` writes; None is stage 2's full-decoder setup.
     """
 
-    export_scope = "full"   # the artifact is the whole Whisper, written from the live weights
-
-    def __init__(self, whisper: nn.Module, tle: TLE | None, tokenizer, sample_z: bool = True):
+    def __init__(self, whisper: nn.Module, tle: TLE | None, tokenizer, sample_z: bool = True,
+                 finetune: WhisperFinetuneConfig | None = None):
         super().__init__()
         self.whisper = whisper
         self.tle = tle
+        self.finetune = finetune or WhisperFinetuneConfig(model=whisper.name_or_path)
+        self.freeze_encoder = self.finetune.freeze_encoder
+        # the full model's artifact is written from all its weights; an adapter's from the base
+        # checkpoint and the trained (LoRA) weights only
+        self.export_scope = "full" if self.finetune.strategy == "full" else "trainable"
         # the encoder's weights are registered once, under whisper.model.encoder; the wrapper
         # that runs them is kept out of the module tree
-        self._audio = [WhisperAudioEncoder(whisper.model.encoder, pad_to_30s=True)]
+        self._audio = [WhisperAudioEncoder(whisper.model.encoder, pad_to_30s=True,
+                                           trainable=not self.freeze_encoder)]
         self.tokenizer = tokenizer
         self.text = WhisperText(tokenizer, whisper.config.max_target_positions)
         self.sample_z = sample_z
@@ -110,6 +228,24 @@ class WhisTLE(nn.Module):
                              f"expects {whisper.config.max_source_positions} x {whisper.config.d_model}: "
                              f"train the TLE against this Whisper's encoder")
 
+    @classmethod
+    def from_config(cls, cfg: WhisperFinetuneConfig, tle: TLE | None = None, sample_z: bool = True) -> WhisTLE:
+        """Load ``cfg.model`` (NF4-quantised for qlora), add LoRA adapters for lora/qlora, set
+        the tokenizer's language and task."""
+        whisper = load_base(cfg.model, quantize=cfg.strategy == "qlora")
+        tokenizer = load_whisper_tokenizer(cfg.model)
+        if cfg.language or cfg.task != "transcribe":
+            if not whisper.config.vocab_size > 51864:   # English-only models have no language tokens
+                raise ValueError(f"whisper.language/task: {cfg.model} is English-only; drop them or use "
+                                 "a multilingual model (whisper-base, openai/whisper-large-v3)")
+            tokenizer.set_prefix_tokens(language=cfg.language, task=cfg.task)
+        if cfg.strategy != "full":
+            from peft import get_peft_model
+
+            # LoRA layers go into ``whisper`` in place; the PeftModel wrapper is not kept
+            get_peft_model(whisper, lora_config(cfg))
+        return cls(whisper, tle, tokenizer, sample_z=sample_z, finetune=cfg)
+
     @property
     def audio_encoder(self) -> WhisperAudioEncoder:
         return self._audio[0]
@@ -118,16 +254,31 @@ class WhisTLE(nn.Module):
         super().train(mode)
         if self.tle is not None:
             self.tle.eval()
-        self.whisper.model.encoder.eval()
+        if self.freeze_encoder:
+            self.whisper.model.encoder.eval()
         return self
 
     def encoder_states(self, batch: dict) -> torch.Tensor:
         """(B, T, D) states in the decoder's dtype: real encoder for audio batches, TLE for
         text-only ones (no grad)."""
         dtype = self.whisper.proj_out.weight.dtype
-        with torch.no_grad():
-            if "audio" in batch:
+        augment = self.training and self.finetune.spec_augment is not None
+        if "audio" in batch and not augment and self.freeze_encoder:
+            with torch.no_grad():
                 return frozen_states(self.audio_encoder, batch).to(dtype)
+        if "audio" in batch:
+            if "states" in batch:
+                raise ValueError("precomputed encoder states (data.states) cannot be used with "
+                                 "whisper.spec_augment or whisper.freeze_encoder=false: drop data.states")
+            enc = self.audio_encoder
+            feats, feat_lens = enc.features(batch["audio"], batch["audio_lens"])
+            if augment:
+                a = self.finetune.spec_augment
+                feats = spec_augment(feats, feat_lens, a.freq_masks, a.freq_width, a.time_masks, a.time_width)
+            with torch.set_grad_enabled(not self.freeze_encoder and torch.is_grad_enabled()):
+                states, _ = enc.encode(feats, feat_lens)
+            return (states.half().float() if self.freeze_encoder else states).to(dtype)
+        with torch.no_grad():
             if self.tle is None:
                 raise ValueError("a text-only batch reached a WhisTLE without a TLE: give the "
                                  "stage-1 run (stage2.tle) or drop the text-only source")
@@ -147,18 +298,70 @@ class WhisTLE(nn.Module):
                                   else batch["audio_lens"].sum().float().cpu() / SAMPLE_RATE)}
 
     def export(self, folder: Path, state: dict[str, torch.Tensor]) -> list[Path]:
-        """``folder/hf``: an ordinary Whisper folder (weights, config, generation config,
-        tokenizer, feature extractor) written from the trained weights, with the real encoder
-        in place. Nothing is reloaded, so a hub id as the base works as well as a folder."""
+        """The artifacts of ``finetune.export`` under ``folder``, written from the trained
+        weights in ``state`` (nothing is reloaded for the full strategy, so a hub id as the base
+        works as well as a folder):
+
+        * ``hf/``: an ordinary Whisper folder (weights, config, generation config, tokenizer,
+          feature extractor) with the real encoder; LoRA strategies: the adapters merged into
+          the float32 base checkpoint (so QLoRA's merged model is not 4-bit rounded);
+        * ``adapter/``: the PEFT adapter alone (``PeftModel.from_pretrained(base, adapter/)``);
+        * ``ct2/``: ``hf/`` converted by CTranslate2's converter (float32), with the tokenizer.
+        """
+        weights = {k[len("whisper."):]: v for k, v in state.items() if k.startswith("whisper.")}
+        written = []
+        if self.finetune.strategy == "full":
+            whisper, peft = self.whisper, None
+        else:
+            whisper, peft = self._fresh_with_adapter(weights)
+            weights = None
+        if "adapter" in self.finetune.export:
+            written.append(_publish(folder / "adapter", lambda tmp: peft.save_pretrained(tmp)))
+        if "hf" in self.finetune.export:
+            if peft is not None:
+                whisper = peft.merge_and_unload()
+            written.append(_publish(folder / "hf", lambda tmp: self._save_hf(whisper, weights, tmp)))
+        if "ct2" in self.finetune.export:
+            written.append(_publish(folder / "ct2", lambda tmp: export_ct2(folder / "hf", tmp)))
+        return written
+
+    def _fresh_with_adapter(self, weights: dict[str, torch.Tensor]):
+        """A float32 copy of the base with the same LoRA layers and the trained weights."""
+        from peft import get_peft_model
+
+        peft = get_peft_model(load_base(self.finetune.model), lora_config(self.finetune))
+        missing, unexpected = peft.base_model.model.load_state_dict(weights, strict=False)
+        lora_missing = [k for k in missing if "lora_" in k]
+        if unexpected or lora_missing:
+            raise RuntimeError(f"adapter weights do not fit a fresh base: unexpected {unexpected[:3]}, "
+                               f"missing {lora_missing[:3]}")
+        return peft.eval(), peft
+
+    def _save_hf(self, whisper, weights, tmp: Path) -> None:
         from transformers import WhisperFeatureExtractor
 
-        out = folder / "hf"
-        tmp = folder / "hf.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        weights = {k[len("whisper."):]: v for k, v in state.items() if k.startswith("whisper.")}
-        self.whisper.save_pretrained(tmp, state_dict=weights)
+        whisper.save_pretrained(tmp, state_dict=weights)
         self.tokenizer.save_pretrained(tmp)
-        WhisperFeatureExtractor(feature_size=self.whisper.config.num_mel_bins).save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        return [out]
+        WhisperFeatureExtractor(feature_size=whisper.config.num_mel_bins).save_pretrained(tmp)
+
+
+def _publish(out: Path, write) -> Path:
+    """Run ``write(tmp)`` into ``out.partial`` and rename it to ``out`` (never half a folder)."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def export_ct2(hf_folder: Path, out: Path, quantization: str | None = None) -> Path:
+    """A Whisper HF folder -> CTranslate2 folder (``faster-whisper``'s format) with CTranslate2's
+    own converter, copying the tokenizer and feature-extractor files beside ``model.bin``."""
+    try:
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        raise ValueError("whisper.export: ct2 needs ctranslate2: pip install ctranslate2") from None
+    copy = [f for f in ("tokenizer.json", "preprocessor_config.json") if (Path(hf_folder) / f).is_file()]
+    TransformersConverter(str(hf_folder), copy_files=copy).convert(str(out), quantization=quantization, force=True)
+    return out

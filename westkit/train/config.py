@@ -32,8 +32,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     """Global gradient-norm clipping; 0 turns it off."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """"auto" is bf16 on GPU and fp32 on CPU."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """"auto" is bf16 on GPU and fp32 on CPU; fp16 (GPU only) uses DeepSpeed's loss scaling."""
     gradient_checkpointing: bool = False
     """Turn on activation checkpointing in the outermost Hugging Face models inside the model
     (``gradient_checkpointing_enable``), frozen ones included."""

@@ -56,8 +56,9 @@ def fill(raw: dict, cfg: TrainConfig, world_size: int, on_gpu: bool,
             raise ValueError(f"{where}: remove the {section!r} section; the engine builds the "
                              f"optimiser and schedule from the train config (lr, schedule, ...)")
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu)
-    if bf16 and not on_gpu:
-        raise ValueError("train.precision=bf16 needs a GPU; use 'auto' or 'fp32' on CPU")
+    fp16 = cfg.precision == "fp16"   # with DeepSpeed's dynamic loss scaling (GPUs without bf16)
+    if (bf16 or fp16) and not on_gpu:
+        raise ValueError(f"train.precision={cfg.precision} needs a GPU; use 'auto' or 'fp32' on CPU")
     top = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": cfg.grad_accum,
@@ -70,7 +71,7 @@ def fill(raw: dict, cfg: TrainConfig, world_size: int, on_gpu: bool,
     for key in ("bf16", "fp16"):
         section = ds.setdefault(key, {})
         if section.get("enabled", "auto") == "auto":
-            section["enabled"] = bf16 if key == "bf16" else False
+            section["enabled"] = bf16 if key == "bf16" else fp16
     zero = ds.get("zero_optimization", {})
     sizes = {"reduce_bucket_size": lambda h: h * h,
              "stage3_prefetch_bucket_size": lambda h: int(0.9 * h * h),
