@@ -50,6 +50,8 @@ class WhisperAudioEncoder(nn.Module):
     ``torch.no_grad`` saves the activation memory of a model that never learns.
     """
 
+    frame_rate = SAMPLE_RATE / HOP / 2  # states per second: 100 log-mel frames, halved by conv2
+
     def __init__(self, encoder: nn.Module, pad_to_30s: bool = False):
         super().__init__()
         self.encoder = encoder
