@@ -227,7 +227,9 @@ class WestModel(nn.Module):
         path = resolve(cfg.llm)
         tokenizer = AutoTokenizer.from_pretrained(path)
         llm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.llm_dtype))
-        return cls.assemble(cfg, encoder, llm, tokenizer)
+        model = cls.assemble(cfg, encoder, llm, tokenizer)
+        model.llm_path = path  # where `export` reloads the base LLM from to merge LoRA into it
+        return model
 
     @classmethod
     def assemble(cls, cfg: WestConfig, encoder: nn.Module, llm: nn.Module, tokenizer) -> WestModel:
@@ -329,7 +331,27 @@ class WestModel(nn.Module):
         out = folder / "lora"
         adapter = {k[len("llm."):]: v for k, v in state.items() if k.startswith("llm.")}
         self.llm.save_pretrained(out, state_dict=adapter)  # PEFT keeps the adapter's tensors
-        return [out]
+        if not self.export_merged:
+            return [out]
+        return [out, self._export_merged(folder / "merged", out)]
+
+    def _export_merged(self, out, adapter_dir):
+        """With ``export_merged``: the base LLM with the LoRA deltas added into its weights, a
+        plain transformers folder (+ tokenizer) that needs no PEFT (CTranslate2, vLLM). The base
+        is reloaded from disk: under ZeRO-3 the live module holds only this rank's shard."""
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        path = getattr(self, "llm_path", None)
+        if path is None:
+            raise ValueError("model.export_merged: the base LLM's folder is unknown (the model was not "
+                             "built by WestModel.from_config); set model.export_merged: false")
+        dtype = next(self.llm.parameters()).dtype
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        merged.save_pretrained(out)
+        self.prompt.tokenizer.save_pretrained(out)
+        return out
 
 
 # -- a tiny random model for fast tests and smoke runs (no files, no network) ----------------
