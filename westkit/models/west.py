@@ -58,6 +58,7 @@ class WestConfig:
     instruction_seed: int = 0
     context_format: str = "Context: {context}\n"   # how a non-empty context fills {context}
     export_merged: bool = False               # with LoRA: also write the merged LLM (merged/)
+    pack: bool = False                        # training: a batch's utterances in one LLM sequence
     pad_to_30s: bool = False                  # Whisper's 30 s window (WeST v1), for comparison
     llm_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the LLM's load dtype
 
@@ -205,13 +206,14 @@ class WestModel(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, projector: nn.Module, llm: nn.Module, prompt: Prompt,
-                 export_merged: bool = False):
+                 export_merged: bool = False, pack: bool = False):
         super().__init__()
         self.encoder = encoder
         self.projector = projector
         self.llm = llm
         self.prompt = prompt
         self.export_merged = export_merged
+        self.pack = pack
         self.pad_id = prompt.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = prompt.eot  # only ever fed at masked positions
@@ -241,7 +243,7 @@ class WestModel(nn.Module):
             llm = get_peft_model(llm, LoraConfig(
                 r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                 target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM"))
-        return cls(encoder, projector, llm, build_prompt(cfg, tokenizer), cfg.export_merged)
+        return cls(encoder, projector, llm, build_prompt(cfg, tokenizer), cfg.export_merged, cfg.pack)
 
     # -- shared by training and decoding -------------------------------------------------
 
@@ -309,18 +311,40 @@ class WestModel(nn.Module):
         targets = [row[:n].tolist() for row, n in zip(batch["targets"], batch["target_lens"].tolist())]
         inputs = self.prompt_inputs(batch["audio"], batch["audio_lens"], targets, batch.get("prompts"))
         labels = inputs.pop("labels")
-        # targets sit at the right end of every (left-padded) row: only those logits are needed
-        keep = int((labels != IGNORE).sum(-1).max()) + 1
-        logits = self.llm(**inputs, use_cache=False, logits_to_keep=keep).logits  # (B, keep, V)
-        # logits at position p predict the token at p + 1
-        loss, num_tokens = token_cross_entropy(logits[:, :-1], labels[:, labels.shape[1] - keep + 1:])
         mask, audio_lens = inputs["attention_mask"], batch["audio_lens"]
-        return {"loss": loss,
-                "num_tokens": num_tokens,
-                "audio_seconds": audio_lens.sum() / SAMPLE_RATE,
-                # share of the batch that is padding: small when batches come from duration buckets
-                "audio_padding": 1.0 - audio_lens.sum() / batch["audio"].numel(),
-                "llm_padding": 1.0 - mask.sum() / mask.numel()}
+        if self.pack:
+            loss, num_tokens = self._packed_loss(inputs, labels)
+        else:
+            # targets sit at the right end of every (left-padded) row: only those logits are needed
+            keep = int((labels != IGNORE).sum(-1).max()) + 1
+            logits = self.llm(**inputs, use_cache=False, logits_to_keep=keep).logits  # (B, keep, V)
+            # logits at position p predict the token at p + 1
+            loss, num_tokens = token_cross_entropy(logits[:, :-1], labels[:, labels.shape[1] - keep + 1:])
+        out = {"loss": loss,
+               "num_tokens": num_tokens,
+               "audio_seconds": audio_lens.sum() / SAMPLE_RATE,
+               # share of the batch that is padding: small when batches come from duration buckets
+               "audio_padding": 1.0 - audio_lens.sum() / batch["audio"].numel(),
+               "llm_padding": 1.0 - mask.sum() / mask.numel()}
+        if self.pack:  # the LLM saw no padding; llm_padding stays what the padded rows would hold
+            out["llm_padding_packed"] = torch.zeros(())
+        return out
+
+    def _packed_loss(self, inputs: dict, labels: torch.Tensor):
+        """The batch's rows (left-padded (B, L)) as one sequence (1, sum of lengths) without
+        padding: positions restart at 0 for each utterance, which transformers' causal LMs
+        read as a block-diagonal causal mask (flash-attention varlen on GPU when installed,
+        sdpa/eager masks elsewhere), so each utterance sees only itself. Same loss as unpacked."""
+        real = inputs["attention_mask"].bool()                       # (B, L), row-major = packed order
+        emb = inputs["inputs_embeds"][real][None]                    # (1, N, H)
+        positions = inputs["position_ids"][real][None]               # (1, N), 0.. per utterance
+        packed_labels = labels[real]                                 # (N,)
+        # logits at p predict p + 1; a row's last token predicts the next row's first (a prompt
+        # token, never a target), so shifting across the boundary scores nothing extra
+        predict = (packed_labels[1:] != IGNORE).nonzero()[:, 0]     # positions whose logits are needed
+        logits = self.llm(inputs_embeds=emb, position_ids=positions, attention_mask=None,
+                          use_cache=False, logits_to_keep=predict).logits  # (1, K, V)
+        return token_cross_entropy(logits, packed_labels[predict + 1][None])
 
     def export(self, folder, state: dict[str, torch.Tensor]) -> list:
         """Beside the engine's ``trainable.safetensors`` (projector, LoRA) and the recipe's
