@@ -179,3 +179,12 @@ def test_transcribe_puts_instruction_and_context_in_the_prompt():
     tok = m.prompt.tokenizer
     assert tok.decode(seen[0][0][0]).endswith("Context: Zorbex\nSpell it: ")
     assert tok.decode(seen[1][1][0]).endswith("Context: Zorbex\nTranscribe: ")   # default: first instruction
+
+
+def test_recognizer_takes_each_rows_context_from_the_batch():
+    m = tiny_random(CONTEXT).eval()
+    rec = WestRecognizer(m, GenerateConfig(max_new_tokens=4))
+    got = rec.batch_prompts({"keys": ["a", "b"], "contexts": ["Zorbex", None], "instructions": [None, "Spell:"]})
+    tok = m.prompt.tokenizer
+    assert tok.decode(got[0][0]).endswith("Context: Zorbex\nTranscribe: ") and tok.decode(got[1][0]).endswith("Spell: ")
+    assert WestRecognizer(tiny_random().eval(), GenerateConfig()).batch_prompts({"keys": ["a"], "contexts": ["x"]}) is None

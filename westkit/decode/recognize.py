@@ -240,7 +240,7 @@ def decode(models: dict, groups: list[list[str]], batches, device, guard_cfg: gu
                     seconds[name] += shared + time.perf_counter() - start
                     rows[name] += _rows(batch, outs, audio, lens, full, guard_cfg)
             else:
-                outs = first(dev_audio, dev_lens)
+                outs = first(dev_audio, dev_lens, prompts=first.batch_prompts(batch))  # shard json context
                 seconds[group[0]] += time.perf_counter() - start
                 rows[group[0]] += _rows(batch, outs, audio, lens, full, guard_cfg)
     return rows, seconds

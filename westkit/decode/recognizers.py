@@ -66,6 +66,15 @@ class WestRecognizer:
         outs = search(step, token_budget(audio_lens, self.gen), m.prompt.stop_ids, self.gen, everyone_done)
         return [Transcript(m.prompt.decode(o.ids), o.ids, o.hit_limit) for o in outs]
 
+    def batch_prompts(self, batch: dict):
+        """Per-row prompt ids from a batch's "instructions" / "contexts" (shard json fields), or
+        None when the model's prompt is fixed (then the batch's fields do not matter)."""
+        if not self.model.prompt.dynamic:
+            return None
+        n = len(batch["keys"])
+        return [self.model.prompt.render(i, c) for i, c in
+                zip(batch.get("instructions", [None] * n), batch.get("contexts", [None] * n))]
+
     def transcribe(self, audio, instruction: str | None = None, context: str | None = None):
         """One waveform (T,) at 16 kHz (tensor or array) -> its transcript, or a list of them
         -> a list. ``instruction`` replaces the prompt's {instruction}, ``context`` (e.g. rare
