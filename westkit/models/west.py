@@ -1,18 +1,21 @@
-"""WeST / SLAM-ASR: a frozen Whisper encoder, a trainable projector and a (frozen) causal LLM.
+"""WeST / SLAM-ASR: a frozen speech encoder, a trainable projector and a (frozen) causal LLM.
 
-One utterance becomes one chat turn in the LLM's own chat template::
+The encoder is any of `westkit.models.encoders.ENCODERS` (Whisper of any size; wav2vec2,
+HuBERT, MMS), the prompt format any of `PROMPTS` (the LLM's own chat template, or a plain
+prompt for base models). One utterance becomes one prompt::
 
-    <prompt prefix ids> <audio embeddings, one per projector frame> <prompt suffix ids> | <transcript ids> <end-of-turn>
+    <prompt prefix ids> <audio embeddings, one per projector frame> <prompt suffix ids> | <transcript ids> <end>
 
-where the user message of the template holds the placeholder ``<audio>``. Loss is on the transcript
-and the end-of-turn token only; the end-of-turn target is never masked, even when the
-tokenizer's pad token is the same token (SmolLM2, Qwen2: pad = eos = ``<|im_end|>``), because
-which positions are padding comes from the lengths, never from token ids. Batches are
-left-padded with explicit position ids, the same layout for training and generation, so a row's
-numbers do not depend on its neighbours.
+where the prompt holds the placeholder ``<audio>`` (and optionally ``{instruction}`` and
+``{context}``, filled per utterance by the data pipeline). Loss is on the transcript and the
+end token only; the end target is never masked, even when the tokenizer's pad token is the
+same token (SmolLM2, Qwen2: pad = eos), because which positions are padding comes from the
+lengths, never from token ids. Batches are left-padded with explicit position ids, the same
+layout for training and generation, so a row's numbers do not depend on its neighbours; with
+``pack`` the rows are concatenated into one sequence instead (training only).
 
 Freezing is the engine's job (``train.trainable: ["projector.*"]``); this module only keeps the
-encoder out of autograd (`WhisperAudioEncoder` runs under ``torch.no_grad``).
+encoder out of autograd (every encoder runs under ``torch.no_grad``).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from torch import nn
 
 from westkit.models.encoders import build_encoder
 from westkit.models.projector import ProjectorConfig, build_projector
-from westkit.models.whisper import WhisperAudioEncoder
+from westkit.models.whisper import WhisperAudioEncoder  # tiny_random
 from westkit.models.features import SAMPLE_RATE
 from westkit.models.losses import IGNORE_INDEX as IGNORE, token_cross_entropy
 
