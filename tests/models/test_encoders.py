@@ -103,6 +103,10 @@ def test_unknown_kinds_and_30s_padding_off_whisper_are_errors():
     with pytest.raises(ValueError, match="model.pad_to_30s"):
         build_encoder("ssl", "x", pad_to_30s=True)
     assert {"whisper", "ssl"} <= set(ENCODERS)
+    with_adapter = tiny_wav2vec2("layer")
+    with_adapter.config.add_adapter = True
+    with pytest.raises(ValueError, match="add_adapter"):
+        SSLAudioEncoder(with_adapter)
 
 
 @pytest.mark.parametrize("family", ["wav2vec2-base (group norm)", "hubert"])

@@ -69,6 +69,10 @@ class SSLAudioEncoder(nn.Module):
 
     def __init__(self, model: nn.Module, normalize: bool = True):
         super().__init__()
+        if getattr(model.config, "add_adapter", False):
+            raise ValueError(f"model.encoder: {model.config.name_or_path or type(model).__name__} has an "
+                             "adapter stack after the encoder (add_adapter), which changes the frame rate; "
+                             "use a checkpoint without it")
         self.model = model.eval()
         self.normalize = normalize
         self.per_utterance = model.config.feat_extract_norm == "group"
