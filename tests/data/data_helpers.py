@@ -43,3 +43,36 @@ def write_wav(path: Path, seconds: float, sr: int = 16000, channels: int = 1, va
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class HttpShards:
+    """`tests/data/http_shards.py` serving ``folder`` in a child process, for at most ``lifetime``
+    seconds; ``url`` is its base, ``requests()`` the (path, status) of every GET so far."""
+
+    def __init__(self, folder: Path, lifetime: float = 300.0, flaky: bool = False):
+        import subprocess
+        import sys
+
+        self.log = Path(folder).parent / f"{Path(folder).name}-requests-{id(self)}.log"
+        self.log.write_text("")
+        cmd = [sys.executable, str(Path(__file__).with_name("http_shards.py")), str(folder),
+               "--lifetime", str(lifetime), "--log", str(self.log)] + (["--flaky"] if flaky else [])
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("PORT "), f"http_shards.py did not start: {line!r}"
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+
+    def requests(self, starts: bool = False) -> list[tuple]:
+        """(path, status) of every GET, or (path, status, first byte) with ``starts``."""
+        rows = [(p, int(s), int(b)) for p, s, b in (l.split() for l in self.log.read_text().splitlines())]
+        return rows if starts else [r[:2] for r in rows]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

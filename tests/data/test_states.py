@@ -76,3 +76,30 @@ def test_states_of_another_encoder_or_other_shards_are_refused(tiny, tmp_path):
         build_loader(LoaderConfig(shards=[str(tiny / "shards"), str(more)], states=str(out)))
     with pytest.raises(ValueError, match="not a states folder"):
         build_loader(LoaderConfig(shards=[str(tiny / "shards")], states=str(tiny / "shards")))
+
+
+def test_states_written_as_slices_and_merged_equal_one_encoding(tiny, tmp_path, capsys):
+    """westkit-encode --slice I/N over 3 shard files (what a job array runs), then --merge: the
+    loader gets the same states as from one westkit-encode run."""
+    entries = [Entry(key=f"v{i}", text=f"tone {i}", audio=Tone(0.4 + 0.1 * i, 200 + 30 * i)) for i in range(6)]
+    shards = tmp_path / "shards"
+    write_shards(entries, shards, shard_bytes=12_000, workers=1, progress=False)
+    assert len(list(shards.glob("*.tar"))) >= 3
+    common = ["--model", str(tiny / "whisper"), "--batch-size", "2", "--no-progress"]
+    assert main([str(shards), "--out", str(tmp_path / "one"), *common]) == 0
+    sliced = tmp_path / "sliced"
+    assert main([str(shards), "--out", str(sliced), "--slice", "0/2", *common]) == 0
+    assert main(["--merge", str(sliced)]) == 2
+    assert "slices 1 of 2 are not written" in capsys.readouterr().err
+    for i in (0, 1):  # slice 0 again is skipped
+        assert main([str(shards), "--out", str(sliced), "--slice", f"{i}/2", *common]) == 0
+    assert "slice 0/2 of" in capsys.readouterr().err
+    assert main(["--merge", str(sliced)]) == 0
+    index = read_states_index(sliced)
+    assert index["count"] == 6 and len(index["shards"]) == 2 and not (sliced / "slices").exists()
+    got = {}
+    for states in (tmp_path / "one", sliced):
+        cfg = LoaderConfig(shards=[str(shards)], states=str(states), shuffle=False, num_workers=0)
+        got[states.name] = {k: s for b in build_loader(cfg, train=False) for k, s in zip(b["keys"], b["states"])}
+    assert sorted(got["one"]) == sorted(got["sliced"]) == [f"v{i}" for i in range(6)]
+    assert all(torch.equal(got["one"][k], got["sliced"][k]) for k in got["one"])

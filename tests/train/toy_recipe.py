@@ -27,11 +27,17 @@ Flags:
                          text, any content) instead of the synthetic loader
     --crash-in-save N    fault injection: rank 0 dies (exit 137) while saving step N, after
                          every rank wrote its files but before the checkpoint is published
+    --batch-seconds X    with --shards: the loader's max_batch_seconds (default 4.0)
+    --loader-mode M      with --shards: the loader's mode, auto/offset/stream (default auto)
+    --workers N          with --shards: loader worker processes (default 0)
+    --record-keys        append the keys of every training micro-batch to
+                         OUT_DIR/keys_rank<R>.jsonl (one line per micro-batch)
 Exit status: 0 when done; westkit.train.PREEMPTED_EXIT_CODE (75) after SIGTERM/SIGUSR1.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -52,8 +58,9 @@ VOCAB = 12         # target symbols: letters a..l
 class ToyModel(nn.Module):
     """Per-frame classification: audio (B, T) -> frames (B, T/FRAME, FRAME) -> symbols."""
 
-    def __init__(self, hidden: int = 32, step_seconds: float = 0.0):
+    def __init__(self, hidden: int = 32, step_seconds: float = 0.0, record: str | None = None):
         super().__init__()
+        self.record = record
         self.encoder = nn.Linear(FRAME, hidden)        # frozen, like a pretrained encoder
         self.projector = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
                                        nn.Dropout(0.1), nn.Linear(hidden, hidden))
@@ -78,6 +85,9 @@ class ToyModel(nn.Module):
     def forward(self, batch: dict) -> dict:
         if self.step_seconds:
             time.sleep(self.step_seconds)
+        if self.record and self.training:
+            with open(self.record, "a") as f:
+                f.write(json.dumps(batch["keys"]) + "\n")
         audio = batch["audio"]
         audio = nn.functional.pad(audio, (0, -audio.shape[1] % FRAME))  # whole frames
         # under bf16 DeepSpeed holds the weights in bf16; the batch stays float32
@@ -175,17 +185,25 @@ def main(argv=None) -> int:
     p.add_argument("--step-seconds", type=float, default=0.0)
     p.add_argument("--shards", default=None)
     p.add_argument("--crash-in-save", type=int, default=None)
+    p.add_argument("--batch-seconds", type=float, default=4.0)
+    p.add_argument("--loader-mode", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--record-keys", action="store_true")
     args = p.parse_args(argv)
 
     where = init_distributed()  # rank and world size, needed by the loader
     rank, world = where.rank, where.world_size
     seed_everything(args.seed)  # same initial weights on every rank
-    model = ToyModel(step_seconds=args.step_seconds)
+    record = os.path.join(args.out_dir, f"keys_rank{rank}.jsonl") if args.record_keys else None
+    if record:
+        os.makedirs(args.out_dir, exist_ok=True)
+    model = ToyModel(step_seconds=args.step_seconds, record=record)
     if args.shards:
         from westkit.data.loader import LoaderConfig, build_loader
         from westkit.data.pipeline import tokenize
-        loader = build_loader(LoaderConfig(shards=[args.shards], max_batch_seconds=4.0,
-                                           num_workers=0, seed=args.seed), rank, world,
+        loader = build_loader(LoaderConfig(shards=[args.shards], max_batch_seconds=args.batch_seconds,
+                                           num_workers=args.workers, seed=args.seed,
+                                           mode=args.loader_mode, shuffle_buffer=16), rank, world,
                               steps=[tokenize("targets", ToyModel.symbols)])
     else:
         loader = ToyLoader(args.seed, rank, num_batches=(

@@ -22,6 +22,17 @@ How it works (and why the guarantees hold):
 
 Damaged shards (truncated tar, corrupt member) lose only the affected samples; each is counted
 and logged, and past ``max_read_errors`` per worker the loader fails with a clear message.
+
+Shards on a web server or object store (``http(s)://``, ``pipe:`` commands) cannot be read by
+offset: ``mode: stream`` (chosen automatically for such entries) reads them front to back,
+split by rank and worker at shard level, with the same guarantees (`westkit.data.streaming`).
+
+Elastic resume: a state saved with another world size (or, streaming, another number of
+workers) resumes within its epoch. The samples the old layout had handed out are worked out
+from the metadata (every rank's first ``position`` batches of its plan) and the rest of the
+epoch is planned for the new layout without them, split rather than dropped, so no sample of
+the epoch is repeated or skipped; the state carries that history (``"history"``) so a further
+resume in the same epoch works too. The next epoch is planned normally.
 """
 from __future__ import annotations
 
@@ -36,14 +47,28 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from westkit.data.pipeline import collate, run_steps
-from westkit.data import corpora
-from westkit.data.shards import DURATION, FLAC_OFFSET, FLAC_SIZE, INDEX, JSON_OFFSET, JSON_SIZE, N_CHARS, read_index
+from westkit.data import corpora, streaming
+from westkit.data.shards import (DURATION, FLAC_OFFSET, FLAC_SIZE, INDEX, INDEX_VERSION, JSON_OFFSET,
+                                 JSON_SIZE, N_CHARS, read_index)
 
 log = logging.getLogger(__name__)
 
 
 # open shard files per process: a corpus of thousands of shards must stay under `ulimit -n`
 MAX_OPEN_SHARDS = 64
+MODES = ("auto", "offset", "stream")
+
+
+def streams(cfg: "LoaderConfig") -> bool:
+    """Whether ``cfg`` reads its shards by streaming (``mode``, or "auto" with a URL entry)."""
+    remote = [s for s in cfg.shards if streaming.is_remote(s)]
+    if cfg.mode == "offset" and remote:
+        raise ValueError(f"data config: shards entry {remote[0]!r} is a URL or command, which cannot be "
+                         "read by offset; set mode: stream (or auto)")
+    if cfg.mode == "auto" and remote and cfg.states:
+        raise ValueError(f"data config: states cannot be streamed, and shards entry {remote[0]!r} needs "
+                         "streaming; copy the shards to local disk for use with states")
+    return cfg.mode == "stream" or (cfg.mode == "auto" and bool(remote))
 
 @dataclass
 class LoaderConfig:
@@ -73,6 +98,20 @@ class LoaderConfig:
     states: str | None = None
     """A states folder made by ``westkit-encode`` for these shards: each sample then carries
     its precomputed encoder states (``batch["states"]``), read by offset like its audio."""
+    mode: str = "auto"
+    """How shards are read: "offset" (local files, one pread per member, batches planned
+    across shards), "stream" (front to back through WebDataset, split by rank and worker at
+    shard level: http(s):// URLs, pipe: commands, local paths), or "auto": stream when an entry
+    is a URL or pipe: command, else offset."""
+    shuffle_buffer: int = 2000
+    """Streaming: samples held by each worker's shuffle buffer (training)."""
+    retries: int = 3
+    """Streaming: attempts after a network error before a shard is skipped."""
+    retry_backoff: float = 1.0
+    """Streaming: seconds before the first retry, doubled for each further one."""
+    timeout: float = 60.0
+    """Streaming: seconds an HTTP connection or read may stall before it counts as failed (a
+    ``pipe:`` command gets no timeout from here: give it its own, e.g. ``timeout 600 aws ...``)."""
 
     def __post_init__(self):
         # `westkit.config.build` puts the file and section (data, eval_data, ...) in front
@@ -88,6 +127,13 @@ class LoaderConfig:
             (self.min_text_chars <= self.max_text_chars,
              f"min_text_chars ({self.min_text_chars}) must be <= max_text_chars ({self.max_text_chars})"),
             (self.max_read_errors >= 0, f"max_read_errors must be >= 0, got {self.max_read_errors}"),
+            (self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
+            (self.shuffle_buffer >= 0, f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}"),
+            (self.retries >= 0, f"retries must be >= 0, got {self.retries}"),
+            (self.retry_backoff >= 0, f"retry_backoff must be >= 0, got {self.retry_backoff}"),
+            (self.timeout > 0, f"timeout must be > 0, got {self.timeout}"),
+            (not (self.states and self.mode == "stream"),
+             "states cannot be streamed (they are read by offset); use mode: offset with local shards"),
         ]
         for ok, message in checks:
             if not ok:
@@ -109,12 +155,11 @@ class Catalog:
                              "or globs of their .tar files")
         self.paths: list[str] = []
         keys, shard, dur, nchars, rows = [], [], [], [], []
-        for folder, names in _resolve_shards(cfg.shards):
-            index = read_index(folder)
+        for folder, index, names, url_of in _sources(cfg):
             by_name = {s["name"]: s for s in index["shards"]}
             for name in names if names is not None else list(by_name):
                 if name not in by_name:
-                    raise ValueError(f"{folder / name} is not listed in {folder / INDEX}; "
+                    raise ValueError(f"{url_of(name)} is not listed in {url_of(INDEX)}; "
                                      "re-index the folder with `westkit-shards --index`")
                 for r in by_name[name]["samples"]:
                     keys.append(r[0])
@@ -122,7 +167,7 @@ class Catalog:
                     dur.append(r[DURATION])
                     nchars.append(r[N_CHARS])
                     rows.append((r[JSON_OFFSET], r[JSON_SIZE], r[FLAC_OFFSET], r[FLAC_SIZE]))
-                self.paths.append(str(folder / name))
+                self.paths.append(url_of(name))
         dur, nchars = np.asarray(dur, dtype=np.float64), np.asarray(nchars)
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
         has_audio = rows[:, 2] >= 0
@@ -168,6 +213,21 @@ class Catalog:
         return len(self.keys)
 
 
+def _sources(cfg: LoaderConfig):
+    """(folder, its index, shard names or None for all, name -> path or URL) per shards entry;
+    a remote index is fetched here, once."""
+    for spec in cfg.shards:
+        if streaming.is_remote(spec):
+            index_url, one, url_of = streaming.locate(spec, INDEX)
+            index = streaming.fetch_index(index_url, cfg.timeout, cfg.retries, cfg.retry_backoff)
+            if index.get("version") != INDEX_VERSION:
+                raise ValueError(f"{index_url}: index version {index.get('version')!r}, expected {INDEX_VERSION}")
+            yield spec, index, [one] if one else None, url_of
+            continue
+        for folder, names in _resolve_shards([spec]):
+            yield folder, read_index(folder), names, lambda name, folder=folder: str(folder / name)
+
+
 def _resolve_shards(specs: list[str]) -> list[tuple[Path, list[str] | None]]:
     """Shard specs -> [(folder with index.json, shard names or None for all)]."""
     out: list[tuple[Path, list[str] | None]] = []
@@ -193,10 +253,13 @@ def _resolve_shards(specs: list[str]) -> list[tuple[Path, list[str] | None]]:
     return out
 
 
-def plan_epoch(cat: Catalog, cfg: LoaderConfig, epoch: int, world_size: int, train: bool) -> list[np.ndarray]:
+def plan_epoch(cat: Catalog, cfg: LoaderConfig, epoch: int, world_size: int, train: bool,
+               exclude: np.ndarray | None = None) -> list[np.ndarray]:
     """All batches of one epoch for all ranks (sample ids into ``cat``), evened for ``world_size``.
 
-    Pure function of the metadata, the config, the epoch and the world size.
+    Pure function of the metadata, the config, the epoch and the world size. ``exclude`` (bool
+    per sample) leaves out samples already seen this epoch (elastic resume); the rest is then
+    evened by splitting, never dropped, and the random draws are those of the full plan.
     """
     rng = np.random.default_rng([cfg.seed, epoch])
     shuffle = cfg.shuffle and train
@@ -210,13 +273,15 @@ def plan_epoch(cat: Catalog, cfg: LoaderConfig, epoch: int, world_size: int, tra
         ids = np.concatenate([by_shard[s] for s in shard_order[w:w + window]])
         if shuffle:
             ids = rng.permutation(ids)
+        if exclude is not None:
+            ids = ids[~exclude[ids]]
         wb = _fill(ids[cat.has_audio[ids]], cat.duration, edges, cfg)
         text = ids[~cat.has_audio[ids]]
         wb += [text[i:i + cfg.max_batch_size] for i in range(0, len(text), cfg.max_batch_size)]
         if shuffle:
             wb = [wb[i] for i in rng.permutation(len(wb))]
         batches += wb
-    return _even(batches, world_size, train)
+    return _even(batches, world_size, train and exclude is None)
 
 
 def _fill(ids: np.ndarray, duration: np.ndarray, edges: np.ndarray, cfg: LoaderConfig) -> list[np.ndarray]:
@@ -270,14 +335,20 @@ class PlannedBatches(Dataset):
         self._plans: dict[int, list[np.ndarray]] = {}
         self._fds: dict[int, int] = {}
         self.errors = 0
+        self.history: dict[int, list] = {}  # epoch -> [[world_size, workers, position], ...]
+
+    def rank_plans(self, epoch: int, world_size: int, workers: int, exclude) -> list[list[np.ndarray]]:
+        """Every rank's batches of ``epoch`` for a layout (sample ids)."""
+        whole = plan_epoch(self.cat, self.cfg, epoch, world_size, self.train, exclude)
+        return [whole[r::world_size] for r in range(world_size)]
 
     def plan(self, epoch: int) -> list[np.ndarray]:
         """This rank's batches of ``epoch`` (sample ids)."""
         if epoch not in self._plans:
             if len(self._plans) > 2:
                 self._plans.pop(min(self._plans))
-            self._plans[epoch] = plan_epoch(self.cat, self.cfg, epoch, self.world_size, self.train)[
-                self.rank::self.world_size]
+            exclude = handed_out(self, epoch, self.history.get(epoch, []))
+            self._plans[epoch] = self.rank_plans(epoch, self.world_size, 0, exclude)[self.rank]
         return self._plans[epoch]
 
     def __getitem__(self, index: tuple[int, int]) -> dict:
@@ -327,6 +398,49 @@ class PlannedBatches(Dataset):
         return dict(self.__dict__, _fds={})
 
 
+def handed_out(planner, epoch: int, history: list) -> np.ndarray | None:
+    """Samples of ``epoch`` handed out by earlier layouts (bool per sample), or None if none:
+    each layout's ranks had taken the first ``position`` batches of their plans."""
+    exclude = None
+    for world_size, workers, position in history:
+        plans = planner.rank_plans(epoch, world_size, workers, exclude)
+        taken = [b for rank in plans for b in rank[:position]]
+        exclude = np.zeros(len(planner.cat), dtype=bool) if exclude is None else exclude.copy()
+        if taken:
+            exclude[np.concatenate(taken)] = True
+    return exclude
+
+
+class StreamPlans:
+    """The streaming plans of one rank (`westkit.data.streaming.stream_plan`), cached per epoch."""
+
+    def __init__(self, cat: Catalog, cfg: LoaderConfig, rank: int, world_size: int, workers: int,
+                 train: bool):
+        self.cat, self.cfg, self.rank, self.world_size, self.workers = cat, cfg, rank, world_size, workers
+        self.train = train
+        self.history: dict[int, list] = {}
+        self._plans: dict[int, list] = {}
+
+    def rank_plans(self, epoch: int, world_size: int, workers: int, exclude) -> list[list[np.ndarray]]:
+        plans = streaming.stream_plan(self.cat, self.cfg, epoch, world_size, workers, self.train, exclude)
+        return [[ids for _, ids in rank] for rank in plans]
+
+    def plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """This rank's batches of ``epoch`` as (worker, sample ids), in the order handed out."""
+        if epoch not in self._plans:
+            if len(self._plans) > 2:
+                self._plans.pop(min(self._plans))
+            exclude = handed_out(self, epoch, self.history.get(epoch, []))
+            self._plans[epoch] = streaming.stream_plan(self.cat, self.cfg, epoch, self.world_size,
+                                                       self.workers, self.train, exclude)[self.rank]
+        return self._plans[epoch]
+
+    def slot_shards(self, epoch: int, worker: int) -> list[int]:
+        """The shards ``worker`` of this rank streams in ``epoch``, in reading order."""
+        slots = streaming.deal_shards(self.cat, self.cfg, epoch, self.world_size * self.workers, self.train)
+        return slots[worker * self.world_size + self.rank]
+
+
 class _Positions(Sampler):
     """(epoch, position) pairs from a start point: forever for training, one pass for eval."""
 
@@ -369,15 +483,25 @@ class Loader:
         if not 0 <= rank < world_size:
             raise ValueError(f"data: rank {rank} outside world size {world_size}")
         self.cfg, self.rank, self.world_size, self.train = cfg, rank, world_size, train
+        self.streaming = streams(cfg)
         self.catalog = Catalog(cfg)
-        self.dataset = PlannedBatches(self.catalog, cfg, rank, world_size, train, steps)
+        if self.streaming:
+            self.workers = max(1, cfg.num_workers)
+            self.planner = StreamPlans(self.catalog, cfg, rank, world_size, self.workers, train)
+            self.dataset = streaming.StreamedBatches(self.catalog, cfg, self.workers, train, steps, self.planner)
+        else:
+            self.workers = cfg.num_workers
+            self.dataset = self.planner = PlannedBatches(self.catalog, cfg, rank, world_size, train, steps)
         self.epoch, self.position = 0, 0
 
     def __len__(self) -> int:
         """Batches this rank yields in the current epoch (the whole pass for evaluation)."""
-        return len(self.dataset.plan(self.epoch))
+        return len(self.planner.plan(self.epoch))
 
     def __iter__(self):
+        if self.streaming:
+            yield from self._streamed()
+            return
         start = (self.epoch, self.position) if self.train else (0, 0)
         self.dataset.errors = 0  # the read-error budget is per pass (and per worker)
         dl = DataLoader(self.dataset, batch_size=None, sampler=_Positions(self.dataset, *start),
@@ -393,19 +517,55 @@ class Loader:
         if not self.train:
             self.epoch, self.position = 0, 0
 
+    def _streamed(self):
+        """Streaming: workers tag batches with (epoch, position); hand them out in that order."""
+        if not self.train:
+            self.epoch, self.position = 0, 0
+        self.dataset.start = (self.epoch, self.position)
+        self.dataset.errors = 0
+        dl = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
+                        collate_fn=_as_is, pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+                        prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None,
+                        worker_init_fn=_ignore_preemption_signals)
+        pending = {}
+        for where, batch in dl:
+            pending[where] = batch
+            while (self.epoch, self.position) in pending:
+                batch = pending.pop((self.epoch, self.position))
+                self.position += 1
+                if self.position >= len(self.planner.plan(self.epoch)):
+                    self.epoch, self.position = self.epoch + 1, 0
+                yield batch
+        if not self.train:
+            self.epoch, self.position = 0, 0
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "world_size": self.world_size,
-                "seed": self.cfg.seed}
+                "seed": self.cfg.seed, "mode": "stream" if self.streaming else "offset",
+                "num_workers": self.workers, "history": self.planner.history.get(self.epoch, [])}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["world_size"] != self.world_size or state["seed"] != self.cfg.seed:
-            # positions index a plan made for another world size/seed: restart at the next epoch
-            log.warning("data: resuming with world size %d/seed %d instead of %d/%d: starting "
-                        "epoch %d from its beginning", self.world_size, self.cfg.seed,
-                        state["world_size"], state["seed"], state["epoch"] + 1)
+        mode = "stream" if self.streaming else "offset"
+        if state["seed"] != self.cfg.seed or state.get("mode", "offset") != mode:
+            # positions index a plan made with another seed or reader: restart at the next epoch
+            log.warning("data: resuming with seed %d/%s reading instead of %d/%s: starting "
+                        "epoch %d from its beginning", self.cfg.seed, mode, state["seed"],
+                        state.get("mode", "offset"), state["epoch"] + 1)
             self.epoch, self.position = state["epoch"] + 1, 0
+            return
+        history = [list(h) for h in state.get("history", [])]
+        old = (state["world_size"], state.get("num_workers", self.workers))
+        if old[0] != self.world_size or (self.streaming and old[1] != self.workers):
+            # elastic: the rest of this epoch, planned for this layout without what was handed out
+            history.append([*old, state["position"]])
+            log.warning("data: resuming a state of world size %d (%d workers) with %d (%d): epoch %d "
+                        "continues with the samples not yet seen", old[0], old[1], self.world_size,
+                        self.workers, state["epoch"])
+            self.epoch, self.position = state["epoch"], 0
         else:
             self.epoch, self.position = state["epoch"], state["position"]
+        self.planner.history = {self.epoch: history} if history else {}
+        self.planner._plans.clear()
 
 
     def require_audio(self, why: str) -> None:
@@ -428,7 +588,10 @@ def build_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: b
 def padding_report(loader: Loader) -> str:
     """Audio padding of the first epoch's batch plan (metadata only), vs padding to 30 s."""
     dur = loader.catalog.duration
-    plan = plan_epoch(loader.catalog, loader.cfg, 0, loader.world_size, train=True)
+    if loader.streaming:
+        plan = [b for rank in loader.planner.rank_plans(0, loader.world_size, loader.workers, None) for b in rank]
+    else:
+        plan = plan_epoch(loader.catalog, loader.cfg, 0, loader.world_size, train=True)
     speech = sum(float(dur[b].sum()) for b in plan)
     padded = sum(len(b) * float(dur[b].max()) for b in plan)
     return (f"data: {len(dur)} utterances, {speech / 3600:.2f} h in {len(plan)} batches per epoch "

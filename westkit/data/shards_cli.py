@@ -6,6 +6,9 @@
     westkit-shards data/train -o shards/train                  # Kaldi folder (wav.scp + text)
     westkit-shards corpus.txt --lang de -o shards/text         # text only
     westkit-shards --index existing_wds_folder                 # index foreign WebDataset tars
+    westkit-shards cuts.jsonl.gz -o shards/train               # Lhotse CutSet (also NeMo, HF datasets, SRT/VTT)
+    westkit-shards in.jsonl -o shards/train --slice 3/16       # one task of an array (slurm/shards.sh)
+    westkit-shards --merge shards/train                        # then merge the 16 slices
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import argparse
 import re
 import sys
 
-from westkit.data import sources
+from westkit.data import prepare, sources
 from westkit.data.shards import WriteLimits, index_tars, write_shards
 
 
@@ -40,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--index", metavar="FOLDER", help="only write index.json for existing WebDataset tars")
+    p.add_argument("--slice", metavar="I/N", default=None,
+                   help="write only slice I of N of the inputs under OUT/slices (a job array task)")
+    p.add_argument("--merge", metavar="FOLDER", help="merge the slices written under FOLDER/slices")
     return p
 
 
@@ -50,15 +56,31 @@ def main(argv: list[str] | None = None) -> int:
         index = index_tars(args.index, progress=not args.no_progress)
         print(f"indexed {index['totals']['samples']} samples in {index['totals']['shards']} shards of {args.index}")
         return 0
+    if args.merge:
+        try:
+            index = prepare.merge_slices(args.merge)
+        except ValueError as e:
+            print(f"westkit-shards: error: {e}", file=sys.stderr)
+            return 2
+        rej = sum(index["rejected"].values())
+        print(f"merged {index.get('slices', '?')} slices into {args.merge}: {index['totals']['samples']} samples "
+              f"in {index['totals']['shards']} shards; rejected {rej}")
+        return 0
     if not args.inputs or not args.out:
-        p.error("give at least one input and -o OUT (or --index FOLDER)")
+        p.error("give at least one input and -o OUT (or --index FOLDER, --merge FOLDER)")
     try:
+        part = prepare.parse_slice(args.slice) if args.slice else None
         entries = [e for path in args.inputs
                    for e in sources.read(path, args.format, lang=args.lang, source=args.source)]
-        summary = write_shards(entries, args.out, prefix=args.prefix, shard_bytes=args.shard_size,
-                               workers=args.workers, strict=args.strict, total=len(entries),
-                               limits=WriteLimits(args.min_duration, args.max_duration),
-                               progress=not args.no_progress)
+        kw = dict(prefix=args.prefix, shard_bytes=args.shard_size, workers=args.workers, strict=args.strict,
+                  limits=WriteLimits(args.min_duration, args.max_duration), progress=not args.no_progress)
+        if part:
+            summary = prepare.write_slice(entries, args.out, *part, **kw)
+            if summary is None:
+                print(f"slice {args.slice} of {args.out} is written already; nothing to do")
+                return 0
+        else:
+            summary = write_shards(entries, args.out, total=len(entries), **kw)
     except ValueError as e:
         print(f"westkit-shards: error: {e}", file=sys.stderr)
         return 2

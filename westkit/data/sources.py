@@ -11,8 +11,11 @@ Formats (``FORMATS``; ``detect`` picks one from the path):
     librispeech  a LibriSpeech tree: ``*/*/*.trans.txt`` lines "ID TEXT" + ``ID.flac``.
     kaldi        a Kaldi data folder (or its wav.scp): ``wav.scp`` "UTT PATH" + ``text``
                  "UTT WORDS", optional ``utt2spk``. Only plain paths: a piped command or an
-                 ark offset is rejected with its reason.
+                 ark offset is rejected with its reason. With a ``segments`` file ("UTT REC
+                 START END") wav.scp lists recordings and each segment is cut out of its one.
     text         one sentence per line: text-only samples.
+    lhotse, nemo, hf, subtitles   other toolkits' datasets and long recordings with subtitle
+                 cues: see `westkit.data.interop`.
 Keys: a sample's key is its audio path relative to the manifest's folder (the jsonl's, the
 csv's, the ``dir`` folder itself), without the suffix, so ``spk1/001.wav`` and ``spk2/001.wav``
 stay two samples (the shard writer then makes keys tar-safe: ``spk1_001``). A jsonl "key" and
@@ -29,10 +32,11 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from westkit.data import interop
 from westkit.data.pipeline import PROMPT_FIELDS
 from westkit.data.shards import Entry
 
-FORMATS = ("jsonl", "csv", "dir", "librispeech", "kaldi", "text")
+FORMATS = ("jsonl", "csv", "dir", "librispeech", "kaldi", "text") + tuple(interop.READERS)
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".g722", ".aiff", ".au")
 
 
@@ -46,9 +50,11 @@ def detect(path: str | Path) -> str:
             return "csv"
         if next(p.glob("*/*/*.trans.txt"), None) is not None:
             return "librispeech"
-        return "dir"
+        return interop.sniff(p) or "dir"
     if p.name == "wav.scp":
         return "kaldi"
+    if interop.sniff(p):
+        return interop.sniff(p)
     if p.suffix == ".jsonl" or p.suffix == ".json":
         return "jsonl"
     if p.suffix == ".csv":
@@ -68,7 +74,7 @@ def read(path: str | Path, fmt: str = "auto", lang: str = "en", source: str | No
         raise ValueError(f"unknown input format {fmt!r}; choose one of auto, {', '.join(FORMATS)}")
     source = source or (p.stem if p.is_file() else p.name)
     return {"jsonl": _jsonl, "csv": _csv, "dir": _dir, "librispeech": _librispeech,
-            "kaldi": _kaldi, "text": _text}[fmt](p, lang, source)
+            "kaldi": _kaldi, "text": _text, **interop.READERS}[fmt](p, lang, source)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
@@ -195,6 +201,9 @@ def _kaldi(path: Path, lang: str, source: str) -> Iterator[Entry]:
     if not (folder / "text").is_file():
         raise ValueError(f"{folder}: a Kaldi data folder needs wav.scp and text; text is missing")
     texts, spk = _kaldi_table(folder / "text"), _kaldi_table(folder / "utt2spk")
+    if (folder / "segments").is_file():
+        yield from _kaldi_segments(folder, texts, spk, lang, source)
+        return
     for n, line, detail in _lines(scp):
         if line is None:
             yield _bad(scp, n, "bad_encoding", detail)
@@ -211,6 +220,35 @@ def _kaldi(path: Path, lang: str, source: str) -> Iterator[Entry]:
         else:
             yield Entry(key=utt, text=texts[utt], audio=_resolve(folder, wav), lang=lang,
                         speaker=spk.get(utt, ""), source=source, input=str(scp), line=n)
+
+
+def _kaldi_segments(folder: Path, texts: dict, spk: dict, lang: str, source: str) -> Iterator[Entry]:
+    """A Kaldi folder with ``segments``: wav.scp lists recordings, each segment is cut out."""
+    recordings = {}
+    for _, line, _ in _lines(folder / "wav.scp"):
+        if line is not None:
+            rec, _, wav = line.strip().partition(" ")
+            recordings[rec] = wav.strip()
+    seg = folder / "segments"
+    for n, line, detail in _lines(seg):
+        if line is None:
+            yield _bad(seg, n, "bad_encoding", detail)
+            continue
+        parts = line.split()
+        try:
+            utt, rec, start, end = parts[0], parts[1], float(parts[2]), float(parts[3])
+        except (IndexError, ValueError):
+            yield _bad(seg, n, "bad_line", f"expected 'UTT RECORDING START END', got {line!r}")
+            continue
+        wav = recordings.get(rec, "")
+        if wav.endswith("|") or wav.startswith("|") or re.search(r"\.ark:\d+$", wav) or not wav:
+            why = f"recording {rec} is not in wav.scp" if not wav else f"unsupported wav.scp entry {wav!r}"
+            yield _bad(seg, n, "piped_entry" if "|" in wav else "bad_line", why + ": plain audio paths only", key=utt)
+        elif utt not in texts:
+            yield _bad(seg, n, "missing_text", f"utterance {utt} has no line in {folder / 'text'}", key=utt)
+        else:
+            yield Entry(key=utt, text=texts[utt], audio=interop.Segment(_resolve(folder, wav), start, end),
+                        lang=lang, speaker=spk.get(utt, ""), source=source, input=str(seg), line=n)
 
 
 def _text(path: Path, lang: str, source: str) -> Iterator[Entry]:

@@ -14,6 +14,11 @@ work in ``forward`` (ZeRO-3 safe). The fingerprint of the encoder's weights is r
 recipes refuse states made by another encoder (`check_states`).
 
     westkit-encode general-train --out exp/states/general-train --model whisper-tiny.en
+
+As a job array (`slurm/shards.sh` with ``TOOL=westkit-encode``): ``--slice I/N`` encodes the
+I-th of N contiguous runs of the input's shard files into ``OUT/slices/slice-I-of-N`` (skipped
+when already complete), and ``--merge OUT`` joins the slices into one states folder once all
+are there (`westkit.data.prepare` does the same for shards).
 """
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ def check_states(folder: str | Path, fingerprint: str, pad_to_30s: bool = True) 
 
 def encode_states(shards: list[str], out: str | Path, model: str, pad_to_30s: bool = True,
                   batch_size: int = 16, device: str = "cpu", shard_bytes: int = 512 * 2**20,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, prefix: str = "states", allow_empty: bool = False) -> dict:
     """Encode every utterance of ``shards`` with the Whisper encoder of ``model`` into ``out``."""
     import torch
     from tqdm import tqdm
@@ -71,7 +76,7 @@ def encode_states(shards: list[str], out: str | Path, model: str, pad_to_30s: bo
                        shuffle=False, min_duration=0.0, max_duration=30.0, min_text_chars=0,
                        max_text_chars=1 << 30, num_workers=1)
     loader = build_loader(cfg, train=False)
-    if not loader.catalog.has_audio.any():
+    if not loader.catalog.has_audio.any() and not allow_empty:
         raise ValueError(f"{shards}: no audio to encode (text-only shards need no states)")
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -86,7 +91,7 @@ def encode_states(shards: list[str], out: str | Path, model: str, pad_to_30s: bo
             if writer is None or writer.tar.offset > shard_bytes:
                 if writer is not None:
                     tars.append(writer.close())
-                writer = _TarWriter(tmp / f"states-{len(tars):06d}.tar")
+                writer = _TarWriter(tmp / f"{prefix}-{len(tars):06d}.tar")
             buf = io.BytesIO()
             np.save(buf, s if pad_to_30s else s[:n])
             data = buf.getvalue()
@@ -106,20 +111,97 @@ def encode_states(shards: list[str], out: str | Path, model: str, pad_to_30s: bo
     return index
 
 
+def _catalog_paths(shards: list[str]) -> list[str]:
+    """The shard files of ``shards`` in order (what a slice is cut from)."""
+    from westkit.data.loader import Catalog, LoaderConfig
+
+    return Catalog(LoaderConfig(shards=list(shards), min_duration=0.0, max_duration=1e9, min_text_chars=0,
+                                max_text_chars=1 << 30)).paths
+
+
+def encode_slice(shards: list[str], out: str | Path, i: int, n: int, model: str, **kw) -> dict | None:
+    """Encode slice ``i`` of ``n`` (contiguous shard files) into ``out/slices``; None if done."""
+    from westkit.data.prepare import SLICES, slice_name
+
+    out = Path(out)
+    folder = out / SLICES / slice_name(i, n)
+    if (out / INDEX).exists() or (folder / INDEX).exists():
+        return None
+    paths = _catalog_paths(shards)
+    if n > len(paths):
+        raise ValueError(f"{n} slices for {len(paths)} shard files: use at most {len(paths)} slices")
+    part = paths[len(paths) * i // n:len(paths) * (i + 1) // n]
+    # a slice of text-only shards has nothing to encode: an empty states folder says it is done
+    return encode_states(part, folder, model, prefix=f"states-s{i:05d}", allow_empty=True, **kw)
+
+
+def merge_states(out: str | Path) -> dict:
+    """Join complete slices into the states folder ``out`` (one index.json, tars moved up)."""
+    import os
+    import shutil
+
+    from westkit.data.prepare import SLICES, slice_name, slice_status
+
+    out = Path(out)
+    if (out / INDEX).exists():
+        return read_states_index(out)
+    n, missing = slice_status(out)
+    if n is None or missing:
+        raise ValueError(f"{out}: " + (f"slices {', '.join(map(str, missing))} of {n} are not written; rerun "
+                                       "them, then merge again" if n else "no slices to merge"))
+    parts = [(out / SLICES / slice_name(i, n), read_states_index(out / SLICES / slice_name(i, n))) for i in range(n)]
+    first = parts[0][1]
+    for folder, index in parts:
+        for k in ("fingerprint", "pad_to_30s", "dim"):
+            if index[k] != first[k]:
+                raise ValueError(f"{folder}: {k} {index[k]!r} differs from slice 0's {first[k]!r}: "
+                                 "every slice must be encoded with the same model and options")
+    shards = []
+    for folder, index in parts:
+        for s in index["shards"]:
+            if (folder / s["name"]).exists():
+                os.replace(folder / s["name"], out / s["name"])
+            shards.append(s)
+    index = dict(first, count=sum(ix["count"] for _, ix in parts), shards=shards)
+    (out / (INDEX + ".tmp")).write_text(json.dumps(index) + "\n")
+    os.replace(out / (INDEX + ".tmp"), out / INDEX)
+    shutil.rmtree(out / SLICES)
+    return index
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="westkit-encode", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("shards", nargs="+", help="shard folders, globs or built-in corpus names")
-    p.add_argument("--out", required=True, help="the states folder to write")
-    p.add_argument("--model", required=True, help="Whisper: built-in name, hub id or folder")
+    p.add_argument("shards", nargs="*", help="shard folders, globs or built-in corpus names")
+    p.add_argument("--out", help="the states folder to write")
+    p.add_argument("--model", help="Whisper: built-in name, hub id or folder")
+    p.add_argument("--slice", metavar="I/N", default=None,
+                   help="encode only slice I of N of the shard files under OUT/slices (a job array task)")
+    p.add_argument("--merge", metavar="FOLDER", help="join the slices written under FOLDER/slices")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-pad-to-30s", dest="pad_to_30s", action="store_false",
                    help="encode each utterance's real length (default: Whisper's 30 s window)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if not args.merge and not (args.shards and args.out and args.model):
+        p.error("give SHARDS, --out and --model (or --merge FOLDER)")
     try:
-        index = encode_states(args.shards, args.out, args.model, args.pad_to_30s, args.batch_size,
-                              args.device)
+        if args.merge:
+            index = merge_states(args.merge)
+            print(f"westkit-encode: merged {index['count']} utterances into {args.merge}", file=sys.stderr)
+            return 0
+        kw = dict(pad_to_30s=args.pad_to_30s, batch_size=args.batch_size, device=args.device,
+                  progress=not args.no_progress)
+        if args.slice:
+            from westkit.data.prepare import parse_slice
+            index = encode_slice(args.shards, args.out, *parse_slice(args.slice), args.model, **kw)
+            if index is None:
+                print(f"westkit-encode: slice {args.slice} of {args.out} is written already; nothing to do",
+                      file=sys.stderr)
+                return 0
+        else:
+            index = encode_states(args.shards, args.out, args.model, **kw)
     except ValueError as e:
         print(f"westkit-encode: error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,9 @@ Layout under ``out_dir/checkpoints/``::
     step_00000300.partial/    a save in progress (or killed): never read, removed on start
     latest                    the name of the newest complete checkpoint, e.g. "step_00000300"
     zero_to_fp32.py           DeepSpeed's consolidation script
+    step_00000200/universal/  made on demand when a run with another number of processes
+                              resumes: DeepSpeed's universal checkpoint (one fp32 tensor and its
+                              Adam moments per parameter, world-size free), see `Checkpointer.load`
 
 A save writes to ``<tag>.partial``; once every rank has finished (barrier) rank 0 renames it to
 ``<tag>`` and replaces ``latest`` atomically (write a temp file, fsync, ``os.replace``). A kill
@@ -29,6 +32,7 @@ import torch.distributed as dist
 
 PARTIAL = ".partial"
 POINTER = "latest"
+UNIVERSAL = "universal"
 TAG_RE = re.compile(r"^step_\d{8}$")
 
 
@@ -120,22 +124,64 @@ class Checkpointer:
                 shutil.rmtree(self.root / old, ignore_errors=True)
 
     def load(self, engine, tag: str) -> dict:
-        """Restore DeepSpeed state from ``tag``; returns this rank's trainer state."""
+        """Restore DeepSpeed state from ``tag``; returns this rank's trainer state.
+
+        A checkpoint written by another number of processes is resumed elastically: rank 0
+        converts it once into DeepSpeed's universal checkpoint (``<tag>/universal``, one fp32
+        tensor and its optimiser moments per parameter), which every rank then loads into its
+        own ZeRO partitions. The trainer state is then rank 0's (step, loader position; the
+        loader re-plans the rest of its epoch for the new world size) with ``"elastic": True``,
+        so the caller reseeds the RNGs instead of restoring another rank's.
+        """
+        world = dist.get_world_size()
         path = self.root / tag / f"trainer_rank{self.rank:05d}.pt"
         if not path.is_file():
-            raise ValueError(f"{path} is missing: the checkpoint was written by a run with a "
-                             f"different number of processes; resume with the same world size")
+            path = self.root / tag / "trainer_rank00000.pt"
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: {self.root / tag} is not a complete westkit "
+                             f"checkpoint; point {self.root / POINTER} at an earlier one")
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["world_size"] != dist.get_world_size():
-            raise ValueError(f"{self.root / tag} was written by {state['world_size']} processes, "
-                             f"this run has {dist.get_world_size()}: resume with the same world "
-                             f"size, or export its weights and start a new run from them")
-        load_path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_module_strict=False,
-                                              load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+        elastic = state["world_size"] != world
+        load_dir, load_tag = self.root, tag
+        if elastic:
+            if self.rank == 0:
+                self._universal(tag)
+            dist.barrier()
+            load_dir, load_tag = self.root / tag, UNIVERSAL
+            engine._config.load_universal_checkpoint = True  # read by load_checkpoint only
+        try:
+            load_path, _ = engine.load_checkpoint(str(load_dir), tag=load_tag, load_module_strict=False,
+                                                  load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+        finally:
+            engine._config.load_universal_checkpoint = False
         if load_path is None:
             raise ValueError(f"DeepSpeed could not load {self.root / tag}")
-        return state
+        return dict(state, elastic=elastic)
+
+    def _universal(self, tag: str) -> Path:
+        """``<tag>/universal``: DeepSpeed's world-size-free form of the checkpoint (made once)."""
+        import argparse
+        import contextlib
+        import io
+
+        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+        out = self.root / tag / UNIVERSAL
+        if out.is_dir():
+            return out
+        tmp = self.root / tag / (UNIVERSAL + PARTIAL)
+        shutil.rmtree(tmp, ignore_errors=True)
+        args = argparse.Namespace(input_folder=str(self.root / tag), output_folder=str(tmp),
+                                  num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                  strict=True, inject_missing_state=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress prints, one per parameter
+            ds_to_universal(args)
+        # it also writes a `latest_universal` pointer beside its output, naming the temporary
+        # folder; the tag is always passed explicitly here, so the pointer would only mislead
+        (self.root / tag / "latest_universal").unlink(missing_ok=True)
+        os.replace(tmp, out)
+        return out
 
 
 def trainable_state_dict(engine) -> dict[str, torch.Tensor]:

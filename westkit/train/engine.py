@@ -252,7 +252,12 @@ class Trainer:
         state = self.checkpoints.load(self.engine, tag)
         self.step = self.last_saved = state["step"]
         self.train_loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        if state["elastic"]:  # another world size: no RNG state belongs to this rank
+            seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
+            self.log.info(f"checkpoint {tag} was written by {state['world_size']} processes, this run "
+                          f"has {self.dist.world_size}: resumed through DeepSpeed's universal checkpoint")
+        else:
+            set_rng_state(state["rng"])
         self.log.info(f"resumed from {self.checkpoints.root / tag} at step {self.step}")
         self.log.continue_from(self.step)
 
