@@ -7,7 +7,6 @@ from westkit.models.projector import ProjectorConfig
 from westkit.models.west import AUDIO, LoraSettings, WestConfig, WestModel, char_tokenizer, tiny_random
 
 
-@pytest.mark.slow  # ~20 s idle, ~60 s on the loaded CI machine (PEFT + three LLM loads)
 def test_export_writes_adapter_and_merged_llm_with_the_trained_logits(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

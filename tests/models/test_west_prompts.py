@@ -60,7 +60,6 @@ def test_a_base_model_without_chat_template_needs_the_plain_format():
     assert p.target("ab")[-1] == p.eot
 
 
-@pytest.mark.slow  # ~30 s on the loaded CI machine
 def test_plain_format_on_a_base_model_learns_to_stop():
     """pad = eos, no chat template: loss on transcript + eos, and greedy stops after the text."""
     from westkit.decode.search import LLMStep, greedy
