@@ -201,9 +201,14 @@ CASES: dict[str, dict[str, Run | Skip]] = {
             "a benchmark against the v1 code: 1-1.5 min per batch on 2 cores"),
         "python benchmarks/recognize_batching.py": Skip("a benchmark: 16 utterances at batch 16 and 1, ~2.5 min"),
         "OMP_NUM_THREADS=1 python -m pytest tests/models/test_projector.py tests/models/test_west.py "
-        "tests/models/test_west_whisper.py tests/decode/test_generate.py tests/decode/test_guards.py "
-        'tests/decode/test_recognize.py tests/recipes/test_west_recipe.py -m "not slow" -q': Skip(SUITE),
-        "OMP_NUM_THREADS=1 python -m pytest tests/models/test_west_learns.py tests/recipes/test_west_recipe.py -m slow -q": Skip(SUITE),
+        "tests/models/test_west_whisper.py tests/models/test_encoders.py tests/models/test_west_prompts.py "
+        "tests/decode/test_search.py tests/decode/test_guards.py tests/decode/test_recognize.py "
+        "tests/decode/test_recognize_ranks.py tests/test_config_base.py tests/recipes/test_west_recipe.py "
+        '-m "not slow" -q': Skip(SUITE),
+        "OMP_NUM_THREADS=1 python -m pytest tests/models/test_west_lora_export.py -q": Skip(SUITE),
+        "OMP_NUM_THREADS=1 python -m pytest tests/models/test_west_learns.py tests/decode/test_recognize_ranks.py "
+        "tests/recipes/test_west_recipe.py -m slow -q": Skip(SUITE),
+        "python benchmarks/west_packing.py --batches 3": Skip(BENCH),
     },
     "taste.md": {
         "torchrun --nproc_per_node 2 recipes/taste/train.py --config recipes/taste/conf/tiny.yaml --out exp/taste_tiny": Skip(TASTE),

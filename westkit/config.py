@@ -68,7 +68,8 @@ def parse_yaml(text: str, where: str, marks: bool = True):
 
 
 def load_yaml(path: str | Path, overrides: list[str] = ()) -> dict:
-    """Read a YAML config and apply ``section.key=value`` overrides (values parsed as YAML).
+    """Read a YAML config (on top of its ``base:`` file, if it names one) and apply
+    ``section.key=value`` overrides (values parsed as YAML).
 
     Sections (and mappings an override reaches into) come back as `Section`s that remember
     which keys the overrides set.
@@ -76,9 +77,7 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
-    cfg = parse_yaml(path.read_text(), str(path)) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a mapping of sections at the top level")
+    cfg = _read_with_bases(path, ())
     cfg = Section({k: Section(v, name=str(k)) if isinstance(v, dict) else v for k, v in cfg.items()})
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -99,6 +98,38 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> dict:
         if isinstance(node, Section):
             node.overrides[leaf] = item
     return cfg
+
+
+BASE_KEY = "base"
+
+
+def _read_with_bases(path: Path, chain: tuple) -> dict:
+    """The mapping in ``path``, on top of the file its top-level ``base:`` names (a path
+    relative to ``path``; bases may have bases). Mappings merge key by key, the child winning;
+    any other value (lists included) is replaced whole."""
+    cfg = parse_yaml(path.read_text(), str(path)) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a mapping of sections at the top level")
+    if BASE_KEY not in cfg:
+        return cfg
+    base = cfg.pop(BASE_KEY)
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: {BASE_KEY}: expected the path of a config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain + (path.resolve(),):
+        raise ValueError(f"{path}: {BASE_KEY}: {base} inherits from itself (a cycle of base: keys)")
+    if not base_path.is_file():
+        raise ValueError(f"{path}: {BASE_KEY}: {base} not found (looked for {base_path}); "
+                         "name a config file relative to this one")
+    return _merge(_read_with_bases(base_path, chain + (path.resolve(),)), cfg)
+
+
+def _merge(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, value in child.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
 
 
 def build(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from westkit import recipe
 from westkit.data.loader import LoaderConfig, build_loader, padding_report
-from westkit.data.pipeline import tokenize
+from westkit.data.pipeline import prompt_tokens, tokenize
 from westkit.decode.recognizers import WestRecognizer
 from westkit.decode.scoring import WERAccumulator
 from westkit.decode.search import GenerateConfig
@@ -41,6 +41,13 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def data_steps(model: WestModel) -> list:
+    """Per-sample steps the model needs: its targets and, when the prompt varies per utterance
+    (an {instruction} or {context} in model.prompt), each utterance's prompt ids."""
+    steps = [tokenize("targets", model.prompt.target)]
+    return steps + [prompt_tokens(model.prompt.for_sample)] if model.prompt.dynamic else steps
+
+
 def make_eval(run: recipe.Run, model: WestModel):
     """eval_fn(model, step) -> {"wer", "cer", "stopped", "eval_loss"} on the eval shards, or None.
 
@@ -50,8 +57,7 @@ def make_eval(run: recipe.Run, model: WestModel):
     cfg, info = run.cfg, run.info
     if cfg.eval_data is None:
         return None
-    loader = build_loader(cfg.eval_data, info.rank, info.world_size, train=False,
-                          steps=[tokenize("targets", model.prompt.target)])
+    loader = build_loader(cfg.eval_data, info.rank, info.world_size, train=False, steps=data_steps(model))
     gen = GenerateConfig(max_new_tokens=cfg.eval.max_new_tokens)
     done = recipe.everyone_done(info.device)
 
@@ -63,7 +69,7 @@ def make_eval(run: recipe.Run, model: WestModel):
             out = model(batch)
             sums["loss"] += float(out["loss"]) * int(out["num_tokens"])
             sums["tokens"] += int(out["num_tokens"])
-            hyps = recognizer(batch["audio"], batch["audio_lens"], everyone_done=done)
+            hyps = recognizer(batch["audio"], batch["audio_lens"], everyone_done=done, prompts=batch.get("prompts"))
             wer.add(batch["texts"], [h.text for h in hyps])
             shown += [(r, h.text) for r, h in zip(batch["texts"], hyps)][:max(cfg.eval.show - len(shown), 0)]
             sums["stopped"] += sum(not h.hit_limit for h in hyps)
@@ -79,8 +85,7 @@ def make_eval(run: recipe.Run, model: WestModel):
 def main(argv=None) -> int:
     run = recipe.start(RecipeConfig, __doc__, argv)
     model = WestModel.from_config(run.cfg.model)
-    loader = build_loader(run.cfg.data, run.info.rank, run.info.world_size,
-                          steps=[tokenize("targets", model.prompt.target)])
+    loader = build_loader(run.cfg.data, run.info.rank, run.info.world_size, steps=data_steps(model))
     loader.require_audio("WeST learns from paired speech")
     run.say(padding_report(loader))
     Trainer(model, loader, run.cfg.train, run.out, eval_fn=make_eval(run, model)).fit()

@@ -147,7 +147,7 @@ def test_models_sharing_an_encoder_decode_as_they_would_alone(tiny_whisper_dir, 
     with another encoder gets its own; each model's hypotheses equal those of a run on its own."""
     from transformers import WhisperForConditionalGeneration
 
-    from conftest import make_tiny_whisper
+    from decode_helpers import make_tiny_whisper
     from westkit.decode.recognize import encoder_groups
     from westkit.decode.recognizers import WhisperRecognizer
 
@@ -190,7 +190,7 @@ def _concat_wav(tmp_path, long_wav, seconds_of_short=1.0):
 def test_whisper_on_long_audio_decodes_30s_and_flags_it(whisper_tiny_path, long_wav, tmp_path):
     """Real whisper-tiny.en on 35 s of real speech: the first 30 s are transcribed (not one
     word), the row is flagged truncated_30s and wer.json says what was not heard."""
-    from conftest import LONG_TEXT
+    from decode_helpers import LONG_TEXT
 
     out = tmp_path / "o"
     assert recognize.main(["--whisper", whisper_tiny_path, "--audio", str(long_wav), "--out", str(out)]) == 0

@@ -143,3 +143,26 @@ def test_runs_after_a_bf16_cast():
     out = m(make_batch([8000, 5000], ["ab", "c"]))
     assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32
     assert m.encoder.logmel.filters.dtype == torch.float32
+
+
+def test_packed_loss_equals_the_padded_loss_and_gradients_match():
+    """pack: the batch's utterances in one sequence, positions restarting per utterance (a
+    block-diagonal causal mask): same loss and projector gradients as the left-padded batch."""
+    import dataclasses
+
+    texts = ["one two", "three", "four five six"]
+    batch = make_batch([12000, 5000, 16000], texts, seed=1)
+    padded = tiny_random(SHORT, seed=4)
+    packed = tiny_random(dataclasses.replace(SHORT, pack=True), seed=4)
+    assert packed.pack and not padded.pack
+    outs = []
+    for m in (padded, packed):
+        out = m(batch)
+        out["loss"].backward()
+        outs.append((out, m.projector.out.weight.grad.clone()))
+    (a, ga), (b, gb) = outs
+    assert int(a["num_tokens"]) == int(b["num_tokens"]) == batch["num_targets"]
+    torch.testing.assert_close(b["loss"], a["loss"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6)
+    assert float(b["llm_padding_packed"]) == 0 and float(b["llm_padding"]) > 0
+

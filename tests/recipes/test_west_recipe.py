@@ -13,7 +13,8 @@ from westkit.config import build, load_yaml
 from westkit.recipe import load_config
 from westkit.data.loader import LoaderConfig
 from westkit.models.projector import build_projector
-from westkit.models.west import WestConfig
+from westkit.models.encoders import ENCODERS
+from westkit.models.west import PROMPTS, WestConfig
 from westkit.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +40,14 @@ def test_shipped_config_parses_and_builds(path):
     build(LoaderConfig, conf["data"], f"{path}: data")
     train = build(TrainConfig, conf["train"], f"{path}: train")
     assert train.trainable and all(p.startswith(("projector.", "llm.")) for p in train.trainable)
-    # the projector the config names builds (dims of the models it names: tiny 384 -> 576,
-    # large-v3 1280 -> Qwen2-1.5B 1536)
-    dims = {"whisper-tiny.en": 384, "openai/whisper-large-v3": 1280}
-    llm_dims = {"smollm2-135m-instruct": 576, "Qwen/Qwen2-1.5B-Instruct": 1536}
+    # the projector the config names builds (widths of the models it names, from their configs)
+    dims = {"whisper-tiny.en": 384, "openai/whisper-large-v3": 1280, "openai/whisper-small": 768,
+            "facebook/hubert-base-ls960": 768, "facebook/mms-1b-all": 1280}
+    llm_dims = {"smollm2-135m-instruct": 576, "Qwen/Qwen2-1.5B-Instruct": 1536, "Qwen/Qwen2-1.5B": 1536}
     proj = build_projector(model.projector, dims[model.encoder], llm_dims[model.llm])
     assert sum(p.numel() for p in proj.parameters()) > 0
+    assert model.encoder_kind in ENCODERS and model.prompt_format in PROMPTS
+    assert (model.lora is not None) == any("lora" in p for p in train.trainable)
 
 
 def test_recipe_reads_every_section_and_rejects_unknown_keys(tmp_path):
@@ -61,17 +64,25 @@ def test_recipe_reads_every_section_and_rejects_unknown_keys(tmp_path):
         load_config(train.RecipeConfig, str(bad), [])
 
 
-def test_tiny_config_builds_the_real_model(whisper_tiny_path, smollm2_path):
+# the shipped configs whose models are built-in assets: each builds the real model
+BUILT_IN = ["tiny.yaml", "tiny_lora.yaml", "tiny_context.yaml"]
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_tiny_configs_build_the_real_model(name, whisper_tiny_path, smollm2_path):
     from westkit.models.west import WestModel
 
-    cfg = load_config(recipe().RecipeConfig, str(CONF / "tiny.yaml"), [f"model.encoder={whisper_tiny_path}",
-                                                                       f"model.llm={smollm2_path}"])
+    cfg = load_config(recipe().RecipeConfig, str(CONF / name), [f"model.encoder={whisper_tiny_path}",
+                                                                f"model.llm={smollm2_path}"])
     model = WestModel.from_config(cfg.model)
     names = [n for n, _ in model.named_parameters()]
     from westkit.train import freeze
     trainable = freeze(model, cfg.train.trainable)
-    assert trainable and all(n.startswith("projector.") for n in trainable) and len(trainable) < len(names)
+    assert trainable and all(n.startswith(("projector.", "llm.")) for n in trainable) and len(trainable) < len(names)
+    assert any("lora_" in n for n in trainable) == (cfg.model.lora is not None)
     assert model.prompt.eot == model.prompt.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert model.prompt.dynamic == ("{context}" in cfg.model.prompt)
+    assert cfg.data.shards == ["general-train"]          # inherited from tiny.yaml
 
 
 SMALL = ["data.max_batch_seconds=8", "data.max_batch_size=4", "data.num_workers=0",

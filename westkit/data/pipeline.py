@@ -8,7 +8,10 @@ sample (after `STEPS`; one utterance, the project's sample schema):
     {"key": str, "audio": np.float32 (T,) 16 kHz mono, "sample_rate": SAMPLE_RATE, "text": str,
      "duration": float s, "lang": str, "speaker": str, "source": str}
     a text-only sample has no "audio" and duration 0.
+    optional, from the shard json when it has them: "instruction": str, "context": str (e.g.
+    rare words or the previous sentence, for prompt-aware LLM recognisers).
     optional, added by recipe steps and the loader:
+    "prompt_ids": (prefix ids, suffix ids) around the audio (`prompt_tokens`);
     "targets" / "text_ids": list[int] (`tokenize`: what the model learns to say, or reads);
     "states": np.float16 (T', D) precomputed encoder states (`westkit.data.states`).
 batch (`collate`):
@@ -16,7 +19,9 @@ batch (`collate`):
      "texts": list[str], "langs": list[str]}; a text-only batch has keys, texts, langs only;
     with targets: "targets" LongTensor (B, L) padded with -100, "target_lens" (B,) and
     "num_targets" int (what the engine weighs micro-batches by); with text_ids: "text_ids"
-    (B, L) padded with 0 and "text_lens" (B,); with states: "states" HalfTensor (B, T', D).
+    (B, L) padded with 0 and "text_lens" (B,); with states: "states" HalfTensor (B, T', D);
+    with instructions / contexts: "instructions" / "contexts" list[str | None]; with prompt_ids:
+    "prompts" list of (prefix ids, suffix ids).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from westkit.data.audio import SAMPLE_RATE, conform, decode_flac
 
 IGNORE_INDEX = -100   # label padding, as `westkit.models.losses` expects
 TOKEN_FIELDS = {"targets": ("target_lens", IGNORE_INDEX), "text_ids": ("text_lens", 0)}
+PROMPT_FIELDS = ("instruction", "context")   # optional per-utterance prompt text in the json
 
 
 def parse_meta(raw: dict) -> dict:
@@ -40,6 +46,9 @@ def parse_meta(raw: dict) -> dict:
     sample = {"key": raw["key"], "text": meta["text"], "duration": float(meta.get("duration", 0.0)),
               "lang": meta.get("lang", ""), "speaker": meta.get("speaker", ""),
               "source": meta.get("source", ""), "sample_rate": int(meta.get("sample_rate", SAMPLE_RATE))}
+    for optional in PROMPT_FIELDS:
+        if meta.get(optional) is not None:
+            sample[optional] = str(meta[optional])
     if raw.get("flac") is not None:
         sample["flac"] = raw["flac"]
     if raw.get("states") is not None:
@@ -77,6 +86,17 @@ def tokenize(field: str, encode: Callable[[str], list[int]]) -> Callable[[dict],
     return functools.partial(_tokenize, field=field, encode=encode)
 
 
+def _prompt_tokens(sample: dict, encode) -> dict:
+    return dict(sample, prompt_ids=encode(sample))
+
+
+def prompt_tokens(encode: Callable[[dict], tuple[list[int], list[int]]]) -> Callable[[dict], dict]:
+    """A step that adds ``sample["prompt_ids"] = encode(sample)``: the (prefix, suffix) ids
+    around the audio from the sample's "instruction" / "context", e.g.
+    ``prompt_tokens(model.prompt.for_sample)``; it runs in the loader's workers."""
+    return functools.partial(_prompt_tokens, encode=encode)
+
+
 # the per-sample pipeline, in order; filtering and batching happen earlier, on metadata.
 # Recipes append their model's steps (`tokenize`) through `build_loader(..., steps=...)`.
 STEPS = (parse_meta, decode_audio, to_16k_mono)
@@ -110,6 +130,11 @@ def collate(samples: list[dict]) -> dict:
             for i, r in enumerate(rows):
                 ids[i, :lens[i]] = torch.tensor(r, dtype=torch.long)
             batch[field], batch[lens_key] = ids, torch.tensor(lens, dtype=torch.long)
+    for field in PROMPT_FIELDS:
+        if any(field in s for s in samples):
+            batch[field + "s"] = [s.get(field) for s in samples]
+    if "prompt_ids" in samples[0]:
+        batch["prompts"] = [s["prompt_ids"] for s in samples]
     if "targets" in batch:
         batch["num_targets"] = int(batch["target_lens"].sum())
     if "states" in samples[0]:

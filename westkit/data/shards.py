@@ -58,6 +58,7 @@ class Entry:
     input: str = ""
     line: int = 0
     problem: tuple[str, str] | None = None
+    extra: dict = field(default_factory=dict)   # optional json fields kept as given ("instruction", "context")
 
 
 @dataclass
@@ -112,7 +113,7 @@ def _prepare(entry: Entry, limits: WriteLimits) -> tuple[Entry, dict | None, byt
                                                   f"{limits.max_duration}] s")
             flac = encode_flac(audio)
         meta = {"text": text, "duration": round(duration, 4), "sample_rate": SAMPLE_RATE,
-                "lang": entry.lang, "speaker": entry.speaker, "source": entry.source}
+                "lang": entry.lang, "speaker": entry.speaker, "source": entry.source, **entry.extra}
         return entry, meta, flac, None
     except BadInput as e:
         return entry, None, None, (e.reason, e.detail)

@@ -2,7 +2,8 @@
 
 Formats (``FORMATS``; ``detect`` picks one from the path):
     jsonl        WeST: one ``{"wav" (or "audio"): path, "txt" (or "text"): text}`` per line, optional "key", "lang",
-                 "speaker"; a line without "wav" is a text-only sample. Relative paths are
+                 "speaker", "instruction", "context" (prompt text for LLM recognisers, kept in the
+                 shard json); a line without "wav" is a text-only sample. Relative paths are
                  relative to the jsonl's folder.
     csv          Whisper-CLI ``metadata.csv`` with columns file_name,transcription (paths
                  relative to its folder).
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 from westkit.data import interop
+from westkit.data.pipeline import PROMPT_FIELDS
 from westkit.data.shards import Entry
 
 FORMATS = ("jsonl", "csv", "dir", "librispeech", "kaldi", "text") + tuple(interop.READERS)
@@ -129,7 +131,8 @@ def _jsonl(path: Path, lang: str, source: str) -> Iterator[Entry]:
         key = str(obj.get("key") or (_key(path.parent, wav) if wav else f"{path.stem}-{n:08d}"))
         yield Entry(key=key, text=text, audio=_resolve(path.parent, wav) if wav else None,
                     lang=str(obj.get("lang", lang)), speaker=str(obj.get("speaker", "")),
-                    source=source, input=str(path), line=n)
+                    source=source, input=str(path), line=n,
+                    extra={k: str(obj[k]) for k in PROMPT_FIELDS if obj.get(k) is not None})
 
 
 def _csv(path: Path, lang: str, source: str) -> Iterator[Entry]:

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from westkit.decode import guards
+from westkit.decode import guards, ranks
 from westkit.decode.recognizers import WestRecognizer, WhisperRecognizer
 from westkit.decode.search import GenerateConfig
 from westkit.decode.scoring import score
@@ -122,7 +122,8 @@ def list_batches(samples: list[dict], max_batch_size: int, max_batch_seconds: fl
     return batches
 
 
-def shard_batches(shards: list[str], max_batch_size: int, max_batch_seconds: float, num_workers: int):
+def shard_batches(shards: list[str], max_batch_size: int, max_batch_seconds: float, num_workers: int,
+                  rank: int = 0, world: int = 1):
     """One pass over shard folders through the data layer's loader (duration buckets). Nothing
     is filtered out: long utterances come through and are flagged when decoded."""
     from westkit.data.loader import LoaderConfig, build_loader
@@ -130,14 +131,14 @@ def shard_batches(shards: list[str], max_batch_size: int, max_batch_seconds: flo
     cfg = LoaderConfig(shards=shards, max_batch_size=max_batch_size, max_batch_seconds=max_batch_seconds,
                        shuffle=False, min_duration=0.0, max_duration=float("inf"), min_text_chars=0,
                        max_text_chars=1 << 30, num_workers=num_workers)
-    return build_loader(cfg, train=False)
+    return build_loader(cfg, rank, world, train=False)
 
 
-def test_sets(args) -> list[TestSet]:
+def test_sets(args, rank: int = 0, world: int = 1) -> list[TestSet]:
     """The sets named on the command line; metadata only (shard indexes, jsonl lines)."""
     sets = []
     for spec in args.shards:
-        loader = shard_batches([spec], args.batch_size, args.max_batch_seconds, args.num_workers)
+        loader = shard_batches([spec], args.batch_size, args.max_batch_seconds, args.num_workers, rank, world)
         sets.append(TestSet(Path(spec.rstrip("/")).name, loader=loader))
     for jsonl in args.jsonl:
         sets.append(TestSet(Path(jsonl).stem, items=list_items(jsonl, [])))
@@ -239,7 +240,7 @@ def decode(models: dict, groups: list[list[str]], batches, device, guard_cfg: gu
                     seconds[name] += shared + time.perf_counter() - start
                     rows[name] += _rows(batch, outs, audio, lens, full, guard_cfg)
             else:
-                outs = first(dev_audio, dev_lens)
+                outs = first(dev_audio, dev_lens, prompts=first.batch_prompts(batch))  # shard json context
                 seconds[group[0]] += time.perf_counter() - start
                 rows[group[0]] += _rows(batch, outs, audio, lens, full, guard_cfg)
     return rows, seconds
@@ -256,8 +257,9 @@ def _rows(batch, outs, audio, lens, full, guard_cfg) -> list[dict]:
             flags.append("truncated_30s")
         row = {"key": batch["keys"][i], "ref": batch["texts"][i], "hyp": t.text, "flags": flags,
                "duration": round(int(full[i]) / SAMPLE_RATE, 3)}
-        if "index" in batch:
-            row["index"] = batch["index"][i]
+        for extra in ("index", "order"):  # input position; place in the plan (`ranks`)
+            if extra in batch:
+                row[extra] = batch[extra][i]
         rows.append(row)
     return rows
 
@@ -387,13 +389,16 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    device = torch.device(args.device)
+    rank, world = ranks.init()  # under torchrun: this rank's share, one report from rank 0
+    device = ranks.device(args.device)
+    if world > 1:
+        log.info("rank %d of %d decodes every %d-th batch", rank, world, world)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     gen = GenerateConfig(beam=args.beam, tokens_per_second=args.tokens_per_second, base_tokens=args.base_tokens,
                          max_new_tokens=args.max_new_tokens, length_penalty=args.length_penalty)
     out = prepare_out(args.out)
     specs = model_specs(args)
-    sets = test_sets(args)
+    sets = test_sets(args, rank, world)
     models = load_models(specs, args, gen, device, dtype)
     groups = encoder_groups(models)
     if len(models) > 1:
@@ -403,10 +408,11 @@ def run(args) -> int:
     for ts in sets:
         if ts.items is not None:
             read_list_set(ts, args)
-        batches = ts.loader if ts.loader is not None else ts.batches
-        rows, seconds = decode(models, groups, batches, device, guards.GuardConfig(), len(batches),
-                               desc=ts.name)
-        for name, rs in rows.items():
+        batches = ts.loader if ts.loader is not None else ranks.deal(ts.batches, rank, world)
+        rows, seconds = decode(models, groups, ranks.number(batches, rank, world), device,
+                               guards.GuardConfig(), len(batches), desc=ts.name)
+        rows, seconds = ranks.merge(rows, seconds, world)
+        for name, rs in rows.items() if rank == 0 else ():
             rs = rs + [dict(r) for r in ts.unreadable]
             if ts.items is not None:  # a list of files: rows in input order
                 rs.sort(key=lambda r: r["index"])
@@ -427,6 +433,8 @@ def run(args) -> int:
             (folder / "wer.json").write_text(json.dumps(rep, indent=2) + "\n")
             results[name][ts.name] = rep
             print(f"== {name} on {ts.name}\n{format_report(rep)}")
+    if rank:
+        return 0
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     table = markdown_table(results, [s.name for s in sets])
     (out / "table.md").write_text(table + "\n")

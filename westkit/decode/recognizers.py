@@ -57,12 +57,38 @@ class WestRecognizer:
         return cls(model.to(device=device, dtype=dtype), gen)
 
     @torch.no_grad()
-    def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor, everyone_done: Done = None) -> list[Transcript]:
-        """audio (B, T) zero-padded at 16 kHz, audio_lens (B,) -> one `Transcript` per row."""
+    def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor, everyone_done: Done = None,
+                 prompts=None) -> list[Transcript]:
+        """audio (B, T) zero-padded at 16 kHz, audio_lens (B,) -> one `Transcript` per row.
+        ``prompts``: per-row (prefix, suffix) ids (a batch's "prompts"), else the fixed prompt."""
         m = self.model
-        step = LLMStep(m.llm, m.prompt_inputs(audio, audio_lens))
+        step = LLMStep(m.llm, m.prompt_inputs(audio, audio_lens, prompts=prompts))
         outs = search(step, token_budget(audio_lens, self.gen), m.prompt.stop_ids, self.gen, everyone_done)
         return [Transcript(m.prompt.decode(o.ids), o.ids, o.hit_limit) for o in outs]
+
+    def batch_prompts(self, batch: dict):
+        """Per-row prompt ids from a batch's "instructions" / "contexts" (shard json fields), or
+        None when the model's prompt is fixed (then the batch's fields do not matter)."""
+        if not self.model.prompt.dynamic:
+            return None
+        n = len(batch["keys"])
+        return [self.model.prompt.render(i, c) for i, c in
+                zip(batch.get("instructions", [None] * n), batch.get("contexts", [None] * n))]
+
+    def transcribe(self, audio, instruction: str | None = None, context: str | None = None):
+        """One waveform (T,) at 16 kHz (tensor or array) -> its transcript, or a list of them
+        -> a list. ``instruction`` replaces the prompt's {instruction}, ``context`` (e.g. rare
+        words, the previous sentence) fills its {context}; both apply to every waveform."""
+        single = not isinstance(audio, (list, tuple))
+        waves = [torch.as_tensor(a, dtype=torch.float32).reshape(-1) for a in ([audio] if single else audio)]
+        lens = torch.tensor([len(w) for w in waves])
+        batch = torch.zeros(len(waves), int(lens.max()))
+        for i, w in enumerate(waves):
+            batch[i, :len(w)] = w
+        device = next(self.model.projector.parameters()).device
+        prompts = [self.model.prompt.render(instruction, context)] * len(waves)
+        texts = [t.text for t in self(batch.to(device), lens.to(device), prompts=prompts)]
+        return texts[0] if single else texts
 
 
 class WhisperRecognizer:

@@ -52,6 +52,8 @@ class WhisperAudioEncoder(nn.Module):
     its autograd graph; the frozen path is unchanged.
     """
 
+    frame_rate = SAMPLE_RATE / HOP / 2  # states per second: 100 log-mel frames, halved by conv2
+
     def __init__(self, encoder: nn.Module, pad_to_30s: bool = False, trainable: bool = False):
         super().__init__()
         self.encoder = encoder
