@@ -10,6 +10,7 @@ true start/end of every word is known to the sample.
 Methods, on the same audio:
 * ``westkit``: `westkit.decode.longform.transcribe` with one window per utterance (alignment
   only, no VAD);
+* ``westkit-nosnap``: the same without the snap of word edges to loud frames (DTW alone);
 * ``westkit+vad``: the same through the long-form path (silero-vad windows);
 * ``transformers``: ``WhisperForConditionalGeneration.generate(return_token_timestamps=True)``
   on the feature extractor's 30 s features, words grouped by the same `split_words`.
@@ -23,6 +24,7 @@ Writes ``OUT/results.json`` and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import re
@@ -70,8 +72,10 @@ def transformers_words(rec, utts, batch_size: int) -> list[list[ts.Word]]:
                                  return_dict_in_generate=True)
         for seq, tt in zip(g["sequences"].tolist(), g["token_timestamps"].tolist()):
             body = [t for t in seq if t < rec.eot]
-            first = seq.index(body[0]) if body else 0
-            starts = np.asarray(tt[first:first + len(body) + 1] + [tt[-1]] * 2)[:len(body) + 1]
+            first = seq.index(body[0]) if body else 1
+            # as transformers' own word timestamps read them (WhisperTokenizer._decode_asr):
+            # token_timestamps[i] is where token i ends, so token i starts at [i - 1]
+            starts = np.asarray(tt[first - 1:first + len(body)] + [tt[-1]] * 2)[:len(body) + 1]
             out.append(ts.words_from_tokens(rec.tokenizer, body, starts, []))
     return out
 
@@ -79,15 +83,17 @@ def transformers_words(rec, utts, batch_size: int) -> list[list[ts.Word]]:
 def evaluate(utts, words_per_utt, min_conf: float) -> dict:
     from westkit.decode.scoring import score
 
-    s_err, e_err, pos, neg = [], [], [], []
+    s_err, e_err, s_bias, e_bias, pos, neg = [], [], [], [], [], []
     kept, flagged, n_ref = [], [], 0
     for u, words in zip(utts, words_per_utt):
         n_ref += len(u.words)
         pairs = match(u.words, [w.word for w in words])
         hit = {h for _, h in pairs}
         for r, h in pairs:
-            s_err.append(abs(words[h].start - u.starts[r]))
-            e_err.append(abs(words[h].end - u.ends[r]))
+            s_bias.append(words[h].start - u.starts[r])
+            e_bias.append(words[h].end - u.ends[r])
+            s_err.append(abs(s_bias[-1]))
+            e_err.append(abs(e_bias[-1]))
         for k, w in enumerate(words):
             (neg if k in hit else pos).append(1.0 - w.confidence)  # positive = wrong word
         conf = ts.confidence(words)
@@ -100,6 +106,7 @@ def evaluate(utts, words_per_utt, min_conf: float) -> dict:
         return None if not pairs else round(score([p[0] for p in pairs], [p[1] for p in pairs]).wer, 4)
     return {"ref_words": n_ref, "matched_words": int(len(s_err)),
             "start_mae_ms": round(1000 * float(s_err.mean()), 1), "end_mae_ms": round(1000 * float(e_err.mean()), 1),
+            "start_bias_ms": round(1000 * float(np.mean(s_bias)), 1), "end_bias_ms": round(1000 * float(np.mean(e_bias)), 1),
             "start_median_ms": round(1000 * float(np.median(s_err)), 1),
             "end_median_ms": round(1000 * float(np.median(e_err)), 1),
             **{f"within_{c}ms": round(float((both <= c / 1000).mean()), 3) for c in (50, 100, 200)},
@@ -135,6 +142,8 @@ def main(argv=None) -> int:
     results, seconds = {}, {}
     runs = {
         "westkit": lambda: longform.transcribe(rec, [u.audio for u in utts], cfg, [[(0, len(u.audio))] for u in utts]),
+        "westkit-nosnap": lambda: longform.transcribe(rec, [u.audio for u in utts], dataclasses.replace(cfg, snap=False),
+                                                      [[(0, len(u.audio))] for u in utts]),
         "westkit+vad": lambda: longform.transcribe(rec, [u.audio for u in utts], cfg),
         "transformers": lambda: transformers_words(rec, utts, args.batch_size),
     }
@@ -144,13 +153,15 @@ def main(argv=None) -> int:
         seconds[name] = round(time.perf_counter() - t0, 1)
         words = got if name == "transformers" else [[ts.Word(**w) for w in r["words"]] for r in got]
         results[name] = evaluate(utts, words, args.min_confidence) | {"seconds": seconds[name]}
+        if name == "transformers":  # no log-probs through this path: confidence is not measured
+            results[name].update(error_auc=None, wer_kept=None, wer_flagged=None, kept_utts=None, flagged_utts=None)
         print(name, json.dumps(results[name]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"sentences": texts, "voices": args.voices, "seed": args.seed, "model": args.model,
             "utterances": len(utts), "audio_seconds": round(sum(len(u.audio) for u in utts) / 16000, 1)}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    keys = ["matched_words", "start_mae_ms", "end_mae_ms", "within_50ms", "within_100ms", "within_200ms",
+    keys = ["matched_words", "start_mae_ms", "end_mae_ms", "start_bias_ms", "end_bias_ms", "within_50ms", "within_100ms", "within_200ms",
             "start_within_50ms", "start_within_100ms", "start_within_200ms", "error_auc", "wer_all", "seconds"]
     print("| method | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, r in results.items():

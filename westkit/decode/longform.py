@@ -9,7 +9,8 @@
    with speech in it is dropped, and the windows are reported in ``segments``.
 3. `transcribe`: every window of every file is decoded in length-sorted batches of
    ``batch_size`` windows with a `WhisperRecognizer`, word times come from
-   `westkit.decode.timestamps.whisper_words` and are shifted by the window's start.
+   `westkit.decode.timestamps.whisper_words`, are shifted by the window's start and (``snap``)
+   shrunk off the window's quiet frames (`westkit.decode.timestamps.snap_to_speech`).
 
 Words come out in time order, never overlapping (each window's DTW path is monotonic, windows
 do not overlap, times are capped at their window's end). A window whose token budget cut the
@@ -35,6 +36,7 @@ class LongformConfig:
     min_silence_ms: int = 300         # a pause this long splits speech regions
     min_speech_ms: int = 150
     batch_size: int = 8               # windows per decoder batch
+    snap: bool = True                 # shrink word edges off quiet frames (timestamps.snap_to_speech)
 
 
 _VAD = None
@@ -107,7 +109,9 @@ def transcribe(rec, audios: list[np.ndarray], cfg: LongformConfig | None = None,
         states = rec.encode(audio, lens)
         outs = rec.decode_states(states, lens)
         words = ts.whisper_words(rec, states, lens, outs, [a / SAMPLE_RATE for _, a, _ in chunk])
-        for (f, a, _), t, w in zip(chunk, outs, words):
+        for (f, a, b), t, w in zip(chunk, outs, words):
+            if cfg.snap:
+                ts.snap_to_speech(w, audios[f][a:b], a / SAMPLE_RATE)
             decoded[(f, a)] = (t, w)
     results = []
     for f, ws in enumerate(windows):

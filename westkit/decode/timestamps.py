@@ -11,7 +11,8 @@ transformers' own (`_median_filter`, `_dynamic_time_warping` in
 ``transformers.models.whisper.generation_whisper``); written here by hand: the teacher-forced
 pass (the search keeps no attention), grouping tokens into words with punctuation attached
 (`split_words`), per-word confidence (mean token probability, the search's log-probs), the
-long-word clamp at sentence ends (openai-whisper's rule), and the output writers.
+long-word clamp at sentence ends (openai-whisper's rule), the snap of word edges off
+quiet frames (`snap_to_speech`), and the output writers.
 
 A word's start is the time DTW enters its first token; its end, the time it enters the next
 word's first token (or the end token). Times are seconds from the start of the audio given.
@@ -124,6 +125,27 @@ def _clamp_long_words(words: list[Word]) -> None:
             w.start = w.end - max_d
 
 
+def snap_to_speech(words: list[Word], audio: np.ndarray, offset: float = 0.0, floor_db: float = 35.0) -> None:
+    """Shrink each word (in place) to the 10 ms frames of ``audio`` (T,) that are louder than
+    ``floor_db`` below the loudest frame: DTW gives a word the pause that follows it (its end
+    is the next word's start), and the pause is where the audio is quiet. Words only shrink,
+    so their order and non-overlap are kept; a word over no loud frame is left as it is.
+    ``offset``: the time (s) of ``audio[0]``."""
+    hop = SAMPLE_RATE // 100
+    n = len(audio) // hop
+    if n == 0 or not words:
+        return
+    frames = audio[:n * hop].reshape(n, hop).astype(np.float64)
+    level = 10 * np.log10((frames ** 2).mean(1) + 1e-12)
+    loud = level > level.max() - floor_db
+    for w in words:
+        a = min(n, max(0, int(round((w.start - offset) * 100))))
+        b = min(n, max(a, int(round((w.end - offset) * 100))))
+        idx = np.flatnonzero(loud[a:b])
+        if idx.size:
+            w.start, w.end = offset + (a + idx[0]) / 100, offset + (a + idx[-1] + 1) / 100
+
+
 # -- Whisper: cross-attention + DTW -------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -200,6 +222,11 @@ def whisper_words(rec, states: torch.Tensor, audio_lens: torch.Tensor, transcrip
 
 
 # -- outputs ---------------------------------------------------------------------------------------
+
+def token_confidence(logprobs: list[float]) -> float | None:
+    """A hypothesis' confidence from its tokens' log-probs: their mean probability (None if none)."""
+    return float(np.exp(np.asarray(logprobs, dtype=np.float64)).mean()) if logprobs else None
+
 
 def confidence(words: list[Word]) -> float | None:
     """An utterance's (or segment's) confidence: the mean of its words' (None without words)."""
