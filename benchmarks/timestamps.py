@@ -59,6 +59,15 @@ def auc(scores_pos: list[float], scores_neg: list[float]) -> float | None:
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
+def add_noise(u, snr_db: float, seed: int) -> np.ndarray:
+    """The utterance's audio plus white noise ``snr_db`` below the mean power of its words."""
+    if snr_db == float("inf"):
+        return u.audio
+    speech = np.concatenate([u.audio[int(s * 16000):int(e * 16000)] for s, e in zip(u.starts, u.ends)])
+    sigma = np.sqrt(np.mean(speech.astype(np.float64) ** 2) / 10 ** (snr_db / 10))
+    return (u.audio + sigma * np.random.default_rng(seed).standard_normal(len(u.audio))).astype(np.float32)
+
+
 def transformers_words(rec, utts, batch_size: int) -> list[list[ts.Word]]:
     """transformers' own token timestamps, grouped into words like ours."""
     from transformers import WhisperFeatureExtractor
@@ -125,6 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--min-confidence", type=float, default=0.7)
     p.add_argument("--model", default="whisper-tiny.en")
+    p.add_argument("--snr", type=float, nargs="+", default=[float("inf"), 20.0],
+                   help="conditions: white noise at this SNR (dB, over the speech's power) added; inf = clean")
+    p.add_argument("--methods", nargs="+", default=["westkit", "westkit-nosnap", "westkit+vad", "transformers"])
     args = p.parse_args(argv)
     from westkit.decode.recognizers import WhisperRecognizer
     from westkit.decode.search import GenerateConfig
@@ -139,28 +151,33 @@ def main(argv=None) -> int:
           f"{sum(len(u.words) for u in utts)} words, synthesised in {time.perf_counter() - t0:.1f} s")
     rec = WhisperRecognizer.load(args.model, GenerateConfig(), torch.device("cpu"), torch.float32)
     cfg = longform.LongformConfig(batch_size=args.batch_size)
-    results, seconds = {}, {}
-    runs = {
-        "westkit": lambda: longform.transcribe(rec, [u.audio for u in utts], cfg, [[(0, len(u.audio))] for u in utts]),
-        "westkit-nosnap": lambda: longform.transcribe(rec, [u.audio for u in utts], dataclasses.replace(cfg, snap=False),
-                                                      [[(0, len(u.audio))] for u in utts]),
-        "westkit+vad": lambda: longform.transcribe(rec, [u.audio for u in utts], cfg),
-        "transformers": lambda: transformers_words(rec, utts, args.batch_size),
-    }
-    for name, fn in runs.items():
-        t0 = time.perf_counter()
-        got = fn()
-        seconds[name] = round(time.perf_counter() - t0, 1)
-        words = got if name == "transformers" else [[ts.Word(**w) for w in r["words"]] for r in got]
-        results[name] = evaluate(utts, words, args.min_confidence) | {"seconds": seconds[name]}
-        if name == "transformers":  # no log-probs through this path: confidence is not measured
-            results[name].update(error_auc=None, wer_kept=None, wer_flagged=None, kept_utts=None, flagged_utts=None)
-        print(name, json.dumps(results[name]))
+    clean = utts
+    results = {}
+    for snr in args.snr:
+        utts = [dataclasses.replace(u, audio=add_noise(u, snr, args.seed + k)) for k, u in enumerate(clean)]
+        audios, whole = [u.audio for u in utts], [[(0, len(u.audio))] for u in utts]
+        runs = {
+            "westkit": lambda: longform.transcribe(rec, audios, cfg, whole),
+            "westkit-nosnap": lambda: longform.transcribe(rec, audios, dataclasses.replace(cfg, snap=False), whole),
+            "westkit+vad": lambda: longform.transcribe(rec, audios, cfg),
+            "transformers": lambda: transformers_words(rec, utts, args.batch_size),
+        }
+        cond = "clean" if snr == float("inf") else f"snr{snr:g}"
+        for name in args.methods:
+            t0 = time.perf_counter()
+            got = runs[name]()
+            seconds = round(time.perf_counter() - t0, 1)
+            words = got if name == "transformers" else [[ts.Word(**w) for w in r["words"]] for r in got]
+            r = evaluate(utts, words, args.min_confidence) | {"seconds": seconds}
+            if name == "transformers":  # no log-probs through this path: confidence is not measured
+                r.update(error_auc=None, wer_kept=None, wer_flagged=None, kept_utts=None, flagged_utts=None)
+            results[f"{cond}/{name}"] = r
+            print(cond, name, json.dumps(r), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"sentences": texts, "voices": args.voices, "seed": args.seed, "model": args.model,
+    meta = {"sentences": texts, "voices": args.voices, "seed": args.seed, "model": args.model, "snr": args.snr,
             "utterances": len(utts), "audio_seconds": round(sum(len(u.audio) for u in utts) / 16000, 1)}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str) + "\n")
     keys = ["matched_words", "start_mae_ms", "end_mae_ms", "start_bias_ms", "end_bias_ms", "within_50ms", "within_100ms", "within_200ms",
             "start_within_50ms", "start_within_100ms", "start_within_200ms", "error_auc", "wer_all", "seconds"]
     print("| method | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))

@@ -53,13 +53,22 @@ def test_windows_cover_all_speech_within_30s_without_overlap():
     assert wins[0] == (int(0.8 * sr), int(29.2 * sr))  # padded by 0.2 s into the silence
 
 
-def test_snap_shrinks_words_to_the_loud_frames():
-    audio = np.zeros(2 * SAMPLE_RATE, np.float32)
-    audio[int(0.50 * SAMPLE_RATE):int(0.80 * SAMPLE_RATE)] = 0.3  # the word is 0.5-0.8 s
-    words = [ts.Word("a", 0.40, 1.20, 1.0), ts.Word("b", 1.2, 1.5, 1.0)]
-    ts.snap_to_speech(words, audio, offset=10.0 - 10.0)
-    assert (words[0].start, words[0].end) == (0.5, 0.8)
-    assert (words[1].start, words[1].end) == (1.2, 1.5)  # nothing loud: left as it is
+def test_snap_moves_dtw_boundaries_onto_the_pauses():
+    """DTW's typical output (numbers from whisper-tiny.en on an espeak-ng sentence): each end is
+    the next start, pauses go to the word before, boundaries trail the speech by up to 0.4 s."""
+    truth = [(0.58, 0.90), (1.03, 1.46), (1.53, 1.95), (2.01, 2.51), (2.80, 3.17), (3.50, 3.78), (4.01, 4.37)]
+    dtw = [(0.00, 1.14), (1.14, 1.62), (1.62, 2.12), (2.12, 2.76), (2.76, 3.60), (3.60, 4.10), (4.10, 4.66)]
+    audio = np.zeros(5 * SAMPLE_RATE, np.float32)
+    for a, b in truth:
+        audio[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] = 0.3
+    words = [ts.Word("w", a + 7.0, b + 7.0, 1.0) for a, b in dtw]  # audio[0] is at 7 s
+    ts.snap_to_speech(words, audio, offset=7.0)
+    got = np.array([(w.start - 7, w.end - 7) for w in words])
+    assert np.abs(got - np.array(truth)).max() <= 0.011  # to the 10 ms frame
+    # where speech runs on without pauses the DTW times stay
+    words = [ts.Word("w", a, b, 1.0) for a, b in dtw]
+    ts.snap_to_speech(words, np.full(5 * SAMPLE_RATE, 0.3, np.float32))
+    assert [(w.start, w.end) for w in words] == dtw
 
 
 def test_srt_and_vtt():

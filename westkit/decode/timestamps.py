@@ -125,12 +125,21 @@ def _clamp_long_words(words: list[Word]) -> None:
             w.start = w.end - max_d
 
 
-def snap_to_speech(words: list[Word], audio: np.ndarray, offset: float = 0.0, floor_db: float = 35.0) -> None:
-    """Shrink each word (in place) to the 10 ms frames of ``audio`` (T,) that are louder than
-    ``floor_db`` below the loudest frame: DTW gives a word the pause that follows it (its end
-    is the next word's start), and the pause is where the audio is quiet. Words only shrink,
-    so their order and non-overlap are kept; a word over no loud frame is left as it is.
-    ``offset``: the time (s) of ``audio[0]``."""
+def snap_to_speech(words: list[Word], audio: np.ndarray, offset: float = 0.0, floor_db: float = 35.0,
+                   reach: float = 0.3, min_gap: float = 0.03) -> None:
+    """Move word edges (in place) onto the pauses of ``audio`` (T,), whose ``audio[0]`` is at
+    ``offset`` s.
+
+    DTW puts a word's end at the next word's start, so a pause goes to the word before it, and
+    its boundaries trail the speech by a frame or a few. Frames of 10 ms quieter than
+    ``floor_db`` below the loudest frame are quiet; quiet runs of at least ``min_gap`` s are
+    pauses, and the speech between two pauses is an island. An edge in a pause moves to the
+    pause's edge (a start to its end, an end to its start). An edge inside an island gives the
+    island to the word on the side of the nearer island edge, if that edge is within ``reach``
+    s: for the later word the boundary becomes the island's onset (and the earlier word ends
+    at the pause before it), for the earlier word its offset. Words stay in order and never
+    overlap; where speech runs on without pauses the DTW times stay.
+    """
     hop = SAMPLE_RATE // 100
     n = len(audio) // hop
     if n == 0 or not words:
@@ -138,12 +147,48 @@ def snap_to_speech(words: list[Word], audio: np.ndarray, offset: float = 0.0, fl
     frames = audio[:n * hop].reshape(n, hop).astype(np.float64)
     level = 10 * np.log10((frames ** 2).mean(1) + 1e-12)
     loud = level > level.max() - floor_db
+    runs = np.flatnonzero(np.diff(np.r_[1, loud.astype(np.int8), 1]))  # quiet runs: [runs[2k], runs[2k+1])
+    for a, b in zip(runs[0::2], runs[1::2]):
+        if b - a < min_gap * 100 and a > 0 and b < n:
+            loud[a:b] = True  # a closure inside a word, not a pause
+    edge = np.diff(np.r_[0, loud.astype(np.int8), 0])
+    ons = offset + np.flatnonzero(edge == 1) / 100       # island k is [ons[k], offs[k])
+    offs = offset + np.flatnonzero(edge == -1) / 100
+
+    def island(t: float) -> int | None:
+        k = int(np.searchsorted(ons, t, side="right")) - 1
+        return k if k >= 0 and t < offs[k] else None
+
+    def later_word_gets(k: int, t: float) -> bool | None:
+        """Whether island k, cut at t, goes to the later word (None: both edges out of reach)."""
+        to_on, to_off = t - ons[k], offs[k] - t
+        if min(to_on, to_off) > reach:
+            return None
+        return bool(to_on <= to_off)
+
+    prev_end = -np.inf
     for w in words:
-        a = min(n, max(0, int(round((w.start - offset) * 100))))
-        b = min(n, max(a, int(round((w.end - offset) * 100))))
-        idx = np.flatnonzero(loud[a:b])
-        if idx.size:
-            w.start, w.end = offset + (a + idx[0]) / 100, offset + (a + idx[-1] + 1) / 100
+        start, end = w.start, w.end
+        k = island(w.start)
+        if k is None:  # in a pause: the next onset
+            nxt = ons[(ons >= w.start) & (ons < w.end)]
+            start = nxt[0] if nxt.size else w.start
+        elif later_word_gets(k, w.start) is True:
+            start = ons[k]
+        elif later_word_gets(k, w.start) is False and k + 1 < len(ons) and ons[k + 1] < w.end:
+            start = ons[k + 1]
+        start = max(start, prev_end)
+        t = w.end - 1e-6  # the last instant inside the word
+        k = island(t)
+        if k is None:  # in a pause: the last offset before it
+            prv = offs[(offs <= w.end) & (offs > start)]
+            end = prv[-1] if prv.size else w.end
+        elif later_word_gets(k, w.end) is False:
+            end = offs[k]
+        elif later_word_gets(k, w.end) is True and k > 0 and offs[k - 1] > start:
+            end = offs[k - 1]
+        w.start, w.end = float(start), float(max(end, start))
+        prev_end = w.end
 
 
 # -- Whisper: cross-attention + DTW -------------------------------------------------------------
