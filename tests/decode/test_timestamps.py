@@ -14,7 +14,7 @@ from westkit.decode import longform, timestamps as ts
 from westkit.models.features import SAMPLE_RATE
 
 SENTENCES = [("Please hold while I transfer your call to the next available agent.", "en-us"),
-             ("Seven green apples are on the kitchen table next to the bread.", "en-gb"),
+             ("The museum is closed on Mondays but open late on Thursday evenings.", "en-gb"),
              ("Tomorrow morning the train to the city leaves at eight o'clock.", "en-gb-scotland")]
 
 
@@ -115,30 +115,34 @@ def _errors(u, words):
 def test_word_boundaries_on_known_timings_and_batch_independence(rec, utts):
     audios = [u.audio for u in utts]
     whole = [[(0, len(a))] for a in audios]
-    batched = longform.transcribe(rec, audios, longform.LongformConfig(batch_size=3), whole)
-    single = longform.transcribe(rec, audios, longform.LongformConfig(batch_size=1), whole)
-    assert [r["words"] for r in batched] == [r["words"] for r in single]  # batch size changes nothing
+    raw = longform.transcribe(rec, audios, longform.LongformConfig(batch_size=3, snap=False), whole)
+    single = longform.transcribe(rec, audios, longform.LongformConfig(batch_size=1, snap=False), whole)
+    assert [r["words"] for r in raw] == [r["words"] for r in single]  # batch size changes nothing
+    snapped = []
+    for u, r in zip(utts, raw):  # what transcribe does with snap=True
+        words = [ts.Word(**w) for w in r["words"]]
+        ts.snap_to_speech(words, u.audio)
+        snapped.append([w.as_dict() for w in words])
     starts, ends, matched = [], [], 0
-    for u, r in zip(utts, batched):
-        s, e, n = _errors(u, r["words"])
+    for u, words in zip(utts, snapped):
+        s, e, n = _errors(u, words)
         starts.append(s), ends.append(e)
         matched += n
-        assert all(0.0 <= w["confidence"] <= 1.0 for w in r["words"])
+        assert all(0.0 <= w["confidence"] <= 1.0 for w in words)
     starts, ends = np.abs(np.concatenate(starts)), np.abs(np.concatenate(ends))
     assert matched >= 0.8 * sum(len(u.words) for u in utts)
-    # measured on these three (docs/timestamps.md has the full benchmark): a word spread evenly
-    # over the audio would be off by about half a second
-    assert starts.mean() < 0.15 and ends.mean() < 0.15
-    assert (np.maximum(starts, ends) <= 0.2).mean() >= 0.7
-    # without the snap to speech the ends run into the pauses: the snap is what makes them good
-    raw = longform.transcribe(rec, audios, longform.LongformConfig(batch_size=3, snap=False), whole)
+    # docs/timestamps.md has the full benchmark; a word spread evenly over the audio would be
+    # off by about half a second, DTW alone by 0.1-0.2 s
+    assert starts.mean() < 0.06 and ends.mean() < 0.06
+    assert (np.maximum(starts, ends) <= 0.1).mean() >= 0.85
+    # DTW alone: ends run into the pauses after the words; the snap is what makes them good
     raw_ends = np.abs(np.concatenate([_errors(u, r["words"])[1] for u, r in zip(utts, raw)]))
     assert raw_ends.mean() > ends.mean() + 0.05
 
 
 @pytest.mark.slow
 def test_long_form_covers_the_whole_file_through_recognize(rec, utts, tmp_path):
-    """About 70 s of speech (the three utterances, twice, with pauses): VAD windows of at most
+    """About 55 s of speech (the three utterances, twice, with pauses): VAD windows of at most
     30 s, words in order without overlap from the first to the last word, through
     westkit-recognize --word-timestamps with its subtitles."""
     import soundfile as sf
@@ -153,7 +157,7 @@ def test_long_form_covers_the_whole_file_through_recognize(rec, utts, tmp_path):
         parts += [u.audio, gap]
         t += len(u.audio) + len(gap)
     audio = np.concatenate(parts)
-    assert len(audio) / SAMPLE_RATE > 60
+    assert len(audio) / SAMPLE_RATE > 45  # more than one window
     sf.write(tmp_path / "long.wav", audio, SAMPLE_RATE)
     rc = recognize.main(["--whisper", f"tiny={rec.whisper.config.name_or_path}", "--audio", str(tmp_path / "long.wav"),
                          "--out", str(tmp_path / "out"), "--word-timestamps", "--batch-size", "4"])
@@ -165,7 +169,7 @@ def test_long_form_covers_the_whole_file_through_recognize(rec, utts, tmp_path):
     assert all(w["start"] <= w["end"] for w in words)
     assert all(a["end"] <= b["start"] for a, b in zip(words, words[1:]))  # monotonic, no overlap
     assert abs(words[0]["start"] - truth[0][0]) < 0.3 and abs(words[-1]["end"] - truth[-1][1]) < 0.3
-    assert len(row["segments"]) >= 3 and all(s["end"] - s["start"] <= 30 for s in row["segments"])
+    assert len(row["segments"]) >= 2 and all(s["end"] - s["start"] <= 30 for s in row["segments"])
     srt = (tmp_path / "out" / "subtitles" / "long.srt").read_text()
     vtt = (tmp_path / "out" / "subtitles" / "long.vtt").read_text()
     assert srt.startswith("1\n00:00:0") and vtt.startswith("WEBVTT") and "-->" in srt
