@@ -126,13 +126,14 @@ def _clamp_long_words(words: list[Word]) -> None:
 
 
 def snap_to_speech(words: list[Word], audio: np.ndarray, offset: float = 0.0, floor_db: float = 35.0,
-                   reach: float = 0.3, min_gap: float = 0.03) -> None:
+                   reach: float = 0.3, min_gap: float = 0.03, noise_margin_db: float = 6.0) -> None:
     """Move word edges (in place) onto the pauses of ``audio`` (T,), whose ``audio[0]`` is at
     ``offset`` s.
 
     DTW puts a word's end at the next word's start, so a pause goes to the word before it, and
     its boundaries trail the speech by a frame or a few. Frames of 10 ms quieter than
-    ``floor_db`` below the loudest frame are quiet; quiet runs of at least ``min_gap`` s are
+    ``floor_db`` below the loudest frame, or than ``noise_margin_db`` above the noise floor
+    (the 10th percentile of the frame levels; at most 20 dB below the peak), are quiet; quiet runs of at least ``min_gap`` s are
     pauses, and the speech between two pauses is an island. An edge in a pause moves to the
     pause's edge (a start to its end, an end to its start). An edge inside an island gives the
     island to the word on the side of the nearer island edge, if that edge is within ``reach``
@@ -146,7 +147,10 @@ def snap_to_speech(words: list[Word], audio: np.ndarray, offset: float = 0.0, fl
         return
     frames = audio[:n * hop].reshape(n, hop).astype(np.float64)
     level = 10 * np.log10((frames ** 2).mean(1) + 1e-12)
-    loud = level > level.max() - floor_db
+    # audio without pauses has its 10th percentile in speech: the noise rule never cuts deeper
+    # than 20 dB below the peak
+    peak = level.max()
+    loud = level > max(peak - floor_db, min(np.percentile(level, 10) + noise_margin_db, peak - 20.0))
     runs = np.flatnonzero(np.diff(np.r_[1, loud.astype(np.int8), 1]))  # quiet runs: [runs[2k], runs[2k+1])
     for a, b in zip(runs[0::2], runs[1::2]):
         if b - a < min_gap * 100 and a > 0 and b < n:
