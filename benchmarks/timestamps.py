@@ -94,9 +94,12 @@ def evaluate(utts, words_per_utt, min_conf: float) -> dict:
 
     s_err, e_err, s_bias, e_bias, pos, neg = [], [], [], [], [], []
     kept, flagged, n_ref = [], [], 0
+    per_utt = []  # (utterance, voice, start errors, end errors): for the spread
     for u, words in zip(utts, words_per_utt):
         n_ref += len(u.words)
         pairs = match(u.words, [w.word for w in words])
+        per_utt.append((u.voice, [abs(words[h].start - u.starts[r]) for r, h in pairs],
+                        [abs(words[h].end - u.ends[r]) for r, h in pairs]))
         hit = {h for _, h in pairs}
         for r, h in pairs:
             s_bias.append(words[h].start - u.starts[r])
@@ -113,7 +116,24 @@ def evaluate(utts, words_per_utt, min_conf: float) -> dict:
 
     def wer(pairs):
         return None if not pairs else round(score([p[0] for p in pairs], [p[1] for p in pairs]).wer, 4)
-    return {"ref_words": n_ref, "matched_words": int(len(s_err)),
+    rng = np.random.default_rng(0)
+    boot = {"start_mae_ms": [], "end_mae_ms": [], "within_100ms": []}
+    for _ in range(1000):  # utterances resampled with replacement
+        pick = [per_utt[i] for i in rng.integers(0, len(per_utt), len(per_utt))]
+        bs, be = np.concatenate([p[1] for p in pick] or [[]]), np.concatenate([p[2] for p in pick] or [[]])
+        if bs.size:
+            boot["start_mae_ms"].append(1000 * bs.mean())
+            boot["end_mae_ms"].append(1000 * be.mean())
+            boot["within_100ms"].append((np.maximum(bs, be) <= 0.1).mean())
+    ci = {f"{k}_ci95": [round(float(np.percentile(v, 2.5)), 3), round(float(np.percentile(v, 97.5)), 3)]
+          for k, v in boot.items() if v}
+    voices = sorted({p[0] for p in per_utt})
+    by_voice = {}
+    for v in voices:
+        vs = np.concatenate([p[1] for p in per_utt if p[0] == v] or [[]])
+        ve = np.concatenate([p[2] for p in per_utt if p[0] == v] or [[]])
+        by_voice[v] = round(float((np.maximum(vs, ve) <= 0.1).mean()), 3) if vs.size else None
+    return {"ref_words": n_ref, **ci, "within_100ms_by_voice": by_voice, "matched_words": int(len(s_err)),
             "start_mae_ms": round(1000 * float(s_err.mean()), 1), "end_mae_ms": round(1000 * float(e_err.mean()), 1),
             "start_bias_ms": round(1000 * float(np.mean(s_bias)), 1), "end_bias_ms": round(1000 * float(np.mean(e_bias)), 1),
             "start_median_ms": round(1000 * float(np.median(s_err)), 1),

@@ -81,6 +81,12 @@ def test_srt_and_vtt():
     assert ts.to_vtt(res).startswith("WEBVTT\n\n00:00:00.500 --> 00:00:01.250\nHello, world.\n\n")
 
 
+def test_transcribe_file_names_an_unreadable_file_before_loading_a_model(tmp_path):
+    (tmp_path / "bad.wav").write_text("not audio")
+    with pytest.raises(ValueError, match="bad.wav: cannot read the audio"):
+        ts.transcribe_file(str(tmp_path / "bad.wav"), model="no-such-model")
+
+
 # -- real whisper-tiny.en on speech with known word boundaries ----------------------------------
 
 @pytest.fixture(scope="module")
@@ -174,3 +180,10 @@ def test_long_form_covers_the_whole_file_through_recognize(rec, utts, tmp_path):
     vtt = (tmp_path / "out" / "subtitles" / "long.vtt").read_text()
     assert srt.startswith("1\n00:00:0") and vtt.startswith("WEBVTT") and "-->" in srt
     assert json.loads((tmp_path / "out" / "subtitles" / "long.json").read_text())["words"] == words
+    # the library call a CLI makes: one file in, words near the truth, the three files out
+    sf.write(tmp_path / "one.wav", utts[0].audio, SAMPLE_RATE)
+    one = ts.transcribe_file(str(tmp_path / "one.wav"), model=rec, out_dir=str(tmp_path / "lib"))
+    s, e, n = _errors(utts[0], one["words"])
+    assert n >= 0.8 * len(utts[0].words) and np.abs(s).mean() < 0.1 and np.abs(e).mean() < 0.1
+    assert all((tmp_path / "lib" / f"one.{x}").is_file() for x in ("json", "srt", "vtt"))
+    assert one["audio_duration"] == pytest.approx(len(utts[0].audio) / SAMPLE_RATE, abs=1e-3)
