@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from westkit.decode import longform, timestamps as ts  # noqa: E402
 from westkit.decode.aligned_speech import VOICES, make_utterance  # noqa: E402
+from westkit.models.features import SAMPLE_RATE  # noqa: E402
 
 
 def norm(word: str) -> str:
@@ -63,7 +64,7 @@ def add_noise(u, snr_db: float, seed: int) -> np.ndarray:
     """The utterance's audio plus white noise ``snr_db`` below the mean power of its words."""
     if snr_db == float("inf"):
         return u.audio
-    speech = np.concatenate([u.audio[int(s * 16000):int(e * 16000)] for s, e in zip(u.starts, u.ends)])
+    speech = np.concatenate([u.audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)] for s, e in zip(u.starts, u.ends)])
     sigma = np.sqrt(np.mean(speech.astype(np.float64) ** 2) / 10 ** (snr_db / 10))
     return (u.audio + sigma * np.random.default_rng(seed).standard_normal(len(u.audio))).astype(np.float32)
 
@@ -76,7 +77,7 @@ def transformers_words(rec, utts, batch_size: int) -> list[list[ts.Word]]:
     out = []
     for i in range(0, len(utts), batch_size):
         chunk = utts[i:i + batch_size]
-        f = fe([u.audio for u in chunk], sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
+        f = fe([u.audio for u in chunk], sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
         g = rec.whisper.generate(f.input_features, attention_mask=f.attention_mask, return_token_timestamps=True,
                                  return_dict_in_generate=True)
         for seq, tt in zip(g["sequences"].tolist(), g["token_timestamps"].tolist()):
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     utts = [make_utterance(t, v, args.seed + k) for k, (t, v) in
             enumerate((t, v) for v in args.voices for t in texts)]
-    print(f"{len(utts)} utterances, {sum(len(u.audio) for u in utts) / 16000:.1f} s, "
+    print(f"{len(utts)} utterances, {sum(len(u.audio) for u in utts) / SAMPLE_RATE:.1f} s, "
           f"{sum(len(u.words) for u in utts)} words, synthesised in {time.perf_counter() - t0:.1f} s")
     rec = WhisperRecognizer.load(args.model, GenerateConfig(), torch.device("cpu"), torch.float32)
     cfg = longform.LongformConfig(batch_size=args.batch_size)
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"sentences": texts, "voices": args.voices, "seed": args.seed, "model": args.model, "snr": args.snr,
-            "utterances": len(utts), "audio_seconds": round(sum(len(u.audio) for u in utts) / 16000, 1)}
+            "utterances": len(utts), "audio_seconds": round(sum(len(u.audio) for u in utts) / SAMPLE_RATE, 1)}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str) + "\n")
     keys = ["matched_words", "start_mae_ms", "end_mae_ms", "start_bias_ms", "end_bias_ms", "within_50ms", "within_100ms", "within_200ms",
             "start_within_50ms", "start_within_100ms", "start_within_200ms", "error_auc", "wer_all", "seconds"]

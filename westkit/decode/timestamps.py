@@ -34,7 +34,7 @@ import torch
 from westkit.models.features import SAMPLE_RATE
 
 FRAME_SECONDS = 0.02          # one Whisper encoder state: 2 log-mel hops of 10 ms
-SAMPLES_PER_FRAME = 320
+SAMPLES_PER_FRAME = round(FRAME_SECONDS * SAMPLE_RATE)
 SENTENCE_END = ".!?。"
 LEADING_PUNCT = "\"'“¿([{-«"
 
