@@ -165,10 +165,13 @@ def test_long_form_covers_the_whole_file_through_recognize(rec, utts, tmp_path):
     audio = np.concatenate(parts)
     assert len(audio) / SAMPLE_RATE > 45  # more than one window
     sf.write(tmp_path / "long.wav", audio, SAMPLE_RATE)
+    sf.write(tmp_path / "quiet.wav", np.zeros(3 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
     rc = recognize.main(["--whisper", f"tiny={rec.whisper.config.name_or_path}", "--audio", str(tmp_path / "long.wav"),
-                         "--out", str(tmp_path / "out"), "--word-timestamps", "--batch-size", "4"])
+                         str(tmp_path / "quiet.wav"), "--out", str(tmp_path / "out"), "--word-timestamps",
+                         "--batch-size", "4"])
     assert rc == 0
-    row = json.loads((tmp_path / "out" / "hyps.jsonl").read_text())
+    row, quiet = map(json.loads, (tmp_path / "out" / "hyps.jsonl").read_text().splitlines())
+    assert quiet["words"] == [] and {"no_speech", "empty"} <= set(quiet["flags"])  # reported, not dropped
     assert "truncated_30s" not in row["flags"] and row["audio_duration"] == pytest.approx(len(audio) / SAMPLE_RATE, abs=1e-3)
     words = row["words"]
     assert len(words) >= 0.8 * len(truth)
@@ -187,3 +190,11 @@ def test_long_form_covers_the_whole_file_through_recognize(rec, utts, tmp_path):
     assert n >= 0.8 * len(utts[0].words) and np.abs(s).mean() < 0.1 and np.abs(e).mean() < 0.1
     assert all((tmp_path / "lib" / f"one.{x}").is_file() for x in ("json", "srt", "vtt"))
     assert one["audio_duration"] == pytest.approx(len(utts[0].audio) / SAMPLE_RATE, abs=1e-3)
+
+
+def test_word_timestamps_refuse_west_models_before_loading(capsys):
+    from westkit.decode import recognize
+
+    with pytest.raises(SystemExit):
+        recognize.parse_args(["--west", "runs/x", "--audio", "a.wav", "--out", "o", "--word-timestamps"])
+    assert "--word-timestamps: Whisper models only" in capsys.readouterr().err

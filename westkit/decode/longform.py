@@ -90,7 +90,8 @@ def plan_windows(regions: list[tuple[int, int]], total: int, cfg: LongformConfig
 def transcribe(rec, audios: list[np.ndarray], cfg: LongformConfig | None = None,
                windows: list[list[tuple[int, int]]] | None = None) -> list[dict]:
     """Transcribe whole files: one `westkit.decode.timestamps.result_dict` per ``audios[i]``
-    (T,) float at 16 kHz, with ``flags`` (``no_speech``, ``truncated``). ``windows`` (samples
+    (T,) float at 16 kHz, with ``flags`` (``no_speech``, ``truncated``) and ``decoded_seconds``
+    (the windows' total: the rest is what the VAD called silence). ``windows`` (samples
     per file) skips the VAD when given."""
     cfg = cfg or LongformConfig()
     if windows is None:
@@ -126,5 +127,6 @@ def transcribe(rec, audios: list[np.ndarray], cfg: LongformConfig | None = None,
         if not ws:
             flags.append("no_speech")
         results.append(ts.result_dict(" ".join(x for x in texts if x), words, segments,
-                                      len(audios[f]) / SAMPLE_RATE, flags=sorted(set(flags))))
+                                      len(audios[f]) / SAMPLE_RATE, flags=sorted(set(flags)),
+                                      decoded_seconds=round(sum(b - a for a, b in ws) / SAMPLE_RATE, 3)))
     return results
