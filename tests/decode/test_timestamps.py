@@ -198,3 +198,24 @@ def test_word_timestamps_refuse_west_models_before_loading(capsys):
     with pytest.raises(SystemExit):
         recognize.parse_args(["--west", "runs/x", "--audio", "a.wav", "--out", "o", "--word-timestamps"])
     assert "--word-timestamps: Whisper models only" in capsys.readouterr().err
+
+
+def test_alignment_of_a_hypothesis_that_fills_the_decoder(tiny_whisper_dir):
+    """A tiny random Whisper (64 positions): a hypothesis of 62 ids (the budget's cap) still
+    aligns, one start per id plus the end token, in time order; a checkpoint without
+    alignment heads is named with the fix."""
+    from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
+
+    whisper = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
+    tok = WhisperTokenizerFast.from_pretrained(tiny_whisper_dir)
+    prefix = list(tok.prefix_tokens)
+    states = torch.randn(2, 1500, 32, generator=torch.Generator().manual_seed(0))
+    ids = [list(range(300, 300 + 64 - len(prefix))), [300, 301]]
+    with pytest.raises(ValueError, match="no alignment_heads"):
+        ts.whisper_token_starts(whisper, states, prefix, tok.eos_token_id, ids, [1500, 100])
+    whisper.generation_config.alignment_heads = [[0, 0], [1, 1]]
+    before = whisper.config._attn_implementation
+    starts = ts.whisper_token_starts(whisper, states, prefix, tok.eos_token_id, ids, [1500, 100])
+    assert [len(s) for s in starts] == [63, 3]
+    assert all((np.diff(s) >= 0).all() for s in starts) and starts[1][-1] <= 100 * ts.FRAME_SECONDS
+    assert whisper.config._attn_implementation == before  # eager only for the alignment pass

@@ -2,7 +2,7 @@
 
 Whisper word timing is the method of openai-whisper's ``timing.py`` and of transformers'
 ``return_token_timestamps``: after the search (`westkit.decode.search`) has chosen the ids,
-one teacher-forced decoder pass over ``prefix + ids + <|endoftext|>`` returns the
+one teacher-forced decoder pass over ``prefix + ids`` returns the
 cross-attention of the model's alignment heads (``generation_config.alignment_heads``;
 whisper-tiny.en ships 8); each head is normalised over the tokens, median-filtered over time
 (``config.median_filter_width``), the heads are averaged, and dynamic time warping finds the
@@ -227,14 +227,16 @@ def whisper_token_starts(whisper, states: torch.Tensor, prefix: list[int], eot: 
     """Per row, the start time (s) of each id and of the end token: (len(ids[b]) + 1,) arrays.
 
     states (B, T, D) encoder states (the 30 s window); ``frames[b]`` encoder states that hold
-    audio (DTW runs over those only). One teacher-forced decoder pass for the batch; rows are
-    padded with ``eot`` after their end, which the causal decoder never lets reach a real token.
+    audio (DTW runs over those only). One teacher-forced decoder pass over ``prefix + ids`` (the
+    last id's query is the row that predicts the end token, so the end token is never fed and a
+    hypothesis that filled the decoder's positions still fits); rows are padded with ``eot``
+    after their end, which the causal decoder never lets reach a real token.
     """
     from transformers.models.whisper.generation_whisper import _dynamic_time_warping, _median_filter
 
     heads = alignment_heads(whisper)
     n_pre = len(prefix)
-    width = n_pre + max(len(r) for r in ids) + 1
+    width = n_pre + max(len(r) for r in ids)
     batch = torch.full((len(ids), width), eot, dtype=torch.long, device=states.device)
     for b, r in enumerate(ids):
         batch[b, :n_pre + len(r)] = torch.tensor(prefix + r, device=states.device)
