@@ -219,6 +219,12 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "torchrun --nproc_per_node 2 recipes/taste/train.py --config recipes/taste/conf/tiny.yaml --out exp/taste_tiny "
         "data.states=exp/taste/states/general-train eval_data.states=exp/taste/states/general-test": Skip(TASTE),
     },
+    "timestamps.md": {
+        "westkit-recognize --whisper whisper-tiny.en --audio talk.wav --out exp/talk --word-timestamps": Skip(
+            "the user's recording; tests/decode/test_timestamps.py runs --word-timestamps on 55 s of real speech"),
+        "westkit-recognize --whisper whisper-tiny.en --jsonl test.jsonl --out exp/dec --min-confidence 0.7": Skip(
+            "the user's jsonl; tests/decode/test_guards.py and test_timestamps.py run the confidence guard"),
+    },
     "whisper.md": {
         "python recipes/whisper/train.py --config recipes/whisper/conf/tiny.yaml --out exp/whisper/tiny_lora "
         "whisper.strategy=lora": Skip(WHISPER),

@@ -54,3 +54,11 @@ def test_longest_repeat_counts_back_to_back_ngrams():
 
 def test_truncated_is_reported():
     assert check("hello", SPEECH, truncated=True) == ["truncated"]
+
+
+def test_low_confidence_flag_only_when_asked():
+    from westkit.decode.guards import GuardConfig, check
+
+    assert check("hello there", confidence=0.3) == []  # off by default
+    assert check("hello there", cfg=GuardConfig(min_confidence=0.5), confidence=0.3) == ["low_confidence"]
+    assert check("hello there", cfg=GuardConfig(min_confidence=0.5), confidence=0.7) == []

@@ -225,3 +225,28 @@ def test_real_whisper_greedy_equals_greedy_decode_on_real_speech(whisper_tiny_pa
         new = rec.decode_states(states, batch["audio_lens"])
         assert [t.text for t in new] == greedy_decode(rec.whisper, states, rec.tokenizer, max_new_tokens=128)
         assert all(t.text for t in new) and not any(t.hit_limit for t in new)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_logprobs_are_the_models_own_for_the_chosen_ids(tiny_whisper, beam):
+    """Greedy and beam search return each chosen id's log-probability: the same numbers as one
+    teacher-forced pass over the hypothesis (beam=1 gives greedy's numbers)."""
+    whisper, tok = tiny_whisper
+    s = states(4, seed=3)
+    stop = [tok.eos_token_id]
+    step = whisper_step(whisper, tok, s)
+    got = greedy(step, [10] * 4, stop) if beam == 1 else beam_search(step, [10] * 4, stop, beam)
+    prefix = list(tok.prefix_tokens)
+    for i, g in enumerate(got):
+        assert len(g.logprobs) == len(g.ids) > 0
+        ids = torch.tensor([prefix + g.ids])
+        with torch.no_grad():
+            out = whisper.model.decoder(input_ids=ids, encoder_hidden_states=s[i:i + 1], use_cache=False)
+            logits = whisper.proj_out(out.last_hidden_state)[0, len(prefix) - 1:-1]
+        logits[:, tok.eos_token_id + 1:] = -torch.inf
+        want = logits.log_softmax(-1).gather(1, torch.tensor(g.ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(g.logprobs), want, atol=1e-4, rtol=0)
+    if beam == 1:
+        again = beam_search(whisper_step(whisper, tok, s), [10] * 4, stop, 1)
+        for a, g in zip(again, got):
+            assert a.logprobs == pytest.approx(g.logprobs, abs=1e-6)

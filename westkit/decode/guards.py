@@ -7,7 +7,9 @@ all utterances and on the unflagged ones, as WeST's tables do.
 
 Flags: ``repetition`` (an n-gram repeated back to back), ``compression`` (zlib compression
 ratio above Whisper's 2.4 threshold), ``non_transcript`` (an assistant-style reply),
-``speech_on_silence`` (words output for silent audio), ``truncated`` (the token budget cut it).
+``speech_on_silence`` (words output for silent audio), ``truncated`` (the token budget cut it),
+``low_confidence`` (mean token probability below ``min_confidence``; off at 0, see
+docs/timestamps.md for how well confidence predicts word errors).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class GuardConfig:
     max_compression_ratio: float = 2.4
     min_chars_for_ratio: int = 40    # short texts never compress; don't judge them
     silence_dbfs: float = -50.0      # RMS below this is silence
+    min_confidence: float = 0.0      # flag hypotheses whose confidence is below this (0: off)
     reply_patterns: list[str] = dataclasses.field(default_factory=lambda: list(REPLY_PATTERNS))
 
 
@@ -69,8 +72,9 @@ def rms_dbfs(audio: np.ndarray) -> float:
 
 
 def check(hyp: str, audio: np.ndarray | None = None, cfg: GuardConfig | None = None,
-          truncated: bool = False) -> list[str]:
-    """Flags for one hypothesis (empty list = looks like a transcript). ``audio`` (T,) float."""
+          truncated: bool = False, confidence: float | None = None) -> list[str]:
+    """Flags for one hypothesis (empty list = looks like a transcript). ``audio`` (T,) float;
+    ``confidence`` in [0, 1] (`westkit.decode.timestamps.token_confidence`)."""
     cfg = cfg or GuardConfig()
     flags = []
     words = re.findall(r"[\w']+", hyp.lower())
@@ -84,4 +88,6 @@ def check(hyp: str, audio: np.ndarray | None = None, cfg: GuardConfig | None = N
         flags.append("speech_on_silence")
     if truncated:
         flags.append("truncated")
+    if confidence is not None and confidence < cfg.min_confidence:
+        flags.append("low_confidence")
     return flags

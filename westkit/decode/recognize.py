@@ -16,9 +16,14 @@ Sets: each ``--shards`` entry (a shard folder or built-in corpus name) and each 
 ``audio`` (no references, output in input order). Decoding: `westkit.decode.search` (greedy or
 beam, KV cache) in length-sorted batches, a token budget per utterance tied to its duration.
 
-Until long-form decoding lands, audio over Whisper's 30 s window is decoded on its first 30 s
-and flagged ``truncated_30s``; an unreadable audio file becomes a row flagged ``unreadable``;
-nothing is dropped silently (wer.json counts both).
+Without ``--word-timestamps``, audio over Whisper's 30 s window is decoded on its first 30 s
+and flagged ``truncated_30s``; with it, Whisper models decode whole files of any length
+(`westkit.decode.longform`: silero-vad windows of at most 30 s) and each row gains ``words``,
+``segments``, ``audio_duration`` and ``confidence``, with ``subtitles/KEY.{json,srt,vtt}`` beside
+hyps.jsonl (docs/timestamps.md). An unreadable audio file becomes a row flagged ``unreadable``;
+nothing is dropped silently (wer.json counts both). ``--min-confidence C`` flags hypotheses whose
+mean token probability is below C (``low_confidence``); wer.json gives WER on all, unflagged
+(``filtered``) and ``flagged`` utterances.
 
 Writes per model and set ``hyps.jsonl`` (key, ref, hyp, flags, duration) and ``wer.json``
 (WER/CER on all scored utterances and on the unflagged ones, `westkit.decode.guards`): in OUT
@@ -41,7 +46,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from westkit.decode import guards, ranks
+from westkit.decode import guards, longform, ranks, timestamps
 from westkit.decode.recognizers import WestRecognizer, WhisperRecognizer
 from westkit.decode.search import GenerateConfig
 from westkit.decode.scoring import score
@@ -218,7 +223,7 @@ def encoder_groups(models: dict) -> list[list[str]]:
 # -- decoding and scoring ----------------------------------------------------------------------
 
 def decode(models: dict, groups: list[list[str]], batches, device, guard_cfg: guards.GuardConfig,
-           total: int | None = None, desc: str = "decoding") -> tuple[dict, dict]:
+           total: int | None = None, desc: str = "decoding", word_timestamps: bool = False) -> tuple[dict, dict]:
     """Run every model over ``batches``: ({model: rows}, {model: seconds}); one row per utterance
     with key, ref, hyp, flags, duration (of the whole file; only the first 30 s are decoded)."""
     rows = {name: [] for name in models}
@@ -231,7 +236,12 @@ def decode(models: dict, groups: list[list[str]], batches, device, guard_cfg: gu
         for group in groups:
             start = time.perf_counter()
             first = models[group[0]]
-            if isinstance(first, WhisperRecognizer):
+            if word_timestamps:  # whole files, windows of their own: no shared encoder pass
+                for name in group:
+                    start = time.perf_counter()
+                    rows[name] += _longform_rows(models[name], batch, guard_cfg)
+                    seconds[name] += time.perf_counter() - start
+            elif isinstance(first, WhisperRecognizer):
                 states = first.encode(dev_audio, dev_lens)
                 shared = time.perf_counter() - start
                 for name in group:
@@ -250,16 +260,38 @@ def _rows(batch, outs, audio, lens, full, guard_cfg) -> list[dict]:
     rows = []
     for i, t in enumerate(outs):
         n = int(lens[i])
-        flags = guards.check(t.text, audio[i, :n].numpy(), guard_cfg, t.hit_limit)
+        conf = timestamps.token_confidence(t.logprobs)
+        flags = guards.check(t.text, audio[i, :n].numpy(), guard_cfg, t.hit_limit, conf)
         if not t.text.strip():
             flags.append("empty")
         if int(full[i]) > n:
             flags.append("truncated_30s")
         row = {"key": batch["keys"][i], "ref": batch["texts"][i], "hyp": t.text, "flags": flags,
-               "duration": round(int(full[i]) / SAMPLE_RATE, 3)}
-        for extra in ("index", "order"):  # input position; place in the plan (`ranks`)
-            if extra in batch:
-                row[extra] = batch[extra][i]
+               "duration": round(int(full[i]) / SAMPLE_RATE, 3),
+               "confidence": None if conf is None else round(conf, 4)}
+        _carry_order(batch, i, row)
+        rows.append(row)
+    return rows
+
+
+def _carry_order(batch: dict, i: int, row: dict) -> None:
+    """Input position and place in the plan (`ranks`), so rows go back in order."""
+    for extra in ("index", "order"):
+        if extra in batch:
+            row[extra] = batch[extra][i]
+
+
+def _longform_rows(rec, batch, guard_cfg) -> list[dict]:
+    """Rows of whole files decoded long-form with word timestamps (`westkit.decode.longform`)."""
+    audios = [batch["audio"][i, :n].numpy() for i, n in enumerate(batch["audio_lens"].tolist())]
+    rows = []
+    for i, res in enumerate(longform.transcribe(rec, audios, longform.LongformConfig())):
+        conf = timestamps.confidence([timestamps.Word(**w) for w in res["words"]])
+        flags = guards.check(res["text"], audios[i], guard_cfg, "truncated" in res["flags"], conf)
+        flags += [f for f in res.pop("flags") if f != "truncated"] + ([] if res["text"].strip() else ["empty"])
+        row = {"key": batch["keys"][i], "ref": batch["texts"][i], "hyp": res.pop("text"), "flags": flags,
+               "duration": res["audio_duration"], "confidence": None if conf is None else round(conf, 4), **res}
+        _carry_order(batch, i, row)
         rows.append(row)
     return rows
 
@@ -281,6 +313,9 @@ def report(rows: list[dict]) -> dict:
         out["all"] = score([r["ref"] for r in scored], [r["hyp"] for r in scored]).as_dict()
     if clean:
         out["filtered"] = score([r["ref"] for r in clean], [r["hyp"] for r in clean]).as_dict()
+    flagged = [r for r in scored if r["flags"]]
+    if flagged:
+        out["flagged"] = score([r["ref"] for r in flagged], [r["hyp"] for r in flagged]).as_dict()
     return out
 
 
@@ -338,6 +373,11 @@ def parse_args(argv=None):
     p.add_argument("--base-tokens", type=int, default=GenerateConfig.base_tokens)
     p.add_argument("--max-new-tokens", type=int, default=GenerateConfig.max_new_tokens)
     p.add_argument("--language", help="Whisper only: language code for multilingual models")
+    p.add_argument("--word-timestamps", action="store_true",
+                   help="Whisper only: whole files of any length (VAD windows), word times and confidence, "
+                        "subtitles/KEY.{json,srt,vtt}")
+    p.add_argument("--min-confidence", type=float, default=0.0,
+                   help="flag hypotheses whose mean token probability is below this (low_confidence)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on GPU, float32 on CPU")
@@ -350,6 +390,9 @@ def parse_args(argv=None):
         p.error("--weights/--config name one west model: use them without --west")
     if not (args.shards or args.jsonl or args.audio):
         p.error("no input: give --shards, --jsonl or --audio")
+    if args.word_timestamps and (args.west or args.weights):
+        p.error("--word-timestamps: Whisper models only so far (WeST word timing is not built yet); "
+                "decode the west model without it")
     if args.beam < 1 or args.batch_size < 1:
         p.error("--beam and --batch-size must be >= 1")
     return args
@@ -410,7 +453,8 @@ def run(args) -> int:
             read_list_set(ts, args)
         batches = ts.loader if ts.loader is not None else ranks.deal(ts.batches, rank, world)
         rows, seconds = decode(models, groups, ranks.number(batches, rank, world), device,
-                               guards.GuardConfig(), len(batches), desc=ts.name)
+                               guards.GuardConfig(min_confidence=args.min_confidence), len(batches),
+                               desc=ts.name, word_timestamps=args.word_timestamps)
         rows, seconds = ranks.merge(rows, seconds, world)
         for name, rs in rows.items() if rank == 0 else ():
             rs = rs + [dict(r) for r in ts.unreadable]
@@ -423,8 +467,13 @@ def run(args) -> int:
             with open(folder / "hyps.jsonl", "w") as f:
                 for r in rs:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            for r in rs:
+                if "words" in r:  # --word-timestamps: subtitles beside hyps.jsonl
+                    res = timestamps.result_dict(r["hyp"], [], r["segments"], r["audio_duration"])
+                    timestamps.write_outputs(res | {"words": r["words"]}, folder / "subtitles",
+                                             re.sub(r"[^\w.+-]", "_", r["key"]))
             rep = report(rs)
-            audio_s = sum(min(r["duration"], WINDOW / SAMPLE_RATE) for r in rs)
+            audio_s = sum(r["duration"] if "words" in r else min(r["duration"], WINDOW / SAMPLE_RATE) for r in rs)
             rep.update(model=name, set=ts.name, decode_seconds=round(seconds[name], 2),
                        audio_seconds=round(audio_s, 2),
                        rtf=round(seconds[name] / audio_s, 4) if audio_s else None,

@@ -19,10 +19,12 @@ Done = Callable[[bool], bool] | None
 
 @dataclasses.dataclass
 class Transcript:
-    """One utterance's result: text, its token ids (no stop token), and whether the budget cut it."""
+    """One utterance's result: text, its token ids (no stop token), whether the budget cut it,
+    and each id's log-probability (`westkit.decode.timestamps` turns them into confidences)."""
     text: str
     ids: list[int]
     hit_limit: bool
+    logprobs: list[float] = dataclasses.field(default_factory=list, compare=False)
 
 
 class WestRecognizer:
@@ -64,7 +66,7 @@ class WestRecognizer:
         m = self.model
         step = LLMStep(m.llm, m.prompt_inputs(audio, audio_lens, prompts=prompts))
         outs = search(step, token_budget(audio_lens, self.gen), m.prompt.stop_ids, self.gen, everyone_done)
-        return [Transcript(m.prompt.decode(o.ids), o.ids, o.hit_limit) for o in outs]
+        return [Transcript(m.prompt.decode(o.ids), o.ids, o.hit_limit, o.logprobs) for o in outs]
 
     def batch_prompts(self, batch: dict):
         """Per-row prompt ids from a batch's "instructions" / "contexts" (shard json fields), or
@@ -130,7 +132,7 @@ class WhisperRecognizer:
                    else [self.gen.max_new_tokens] * states.shape[0])
         step = WhisperStep(self.whisper, states, self.prefix, self.eot)
         outs = search(step, budgets, [self.eot], self.gen, everyone_done)
-        return [Transcript(self.tokenizer.decode(o.ids, skip_special_tokens=True).strip(), o.ids, o.hit_limit)
+        return [Transcript(self.tokenizer.decode(o.ids, skip_special_tokens=True).strip(), o.ids, o.hit_limit, o.logprobs)
                 for o in outs]
 
     def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor, everyone_done: Done = None) -> list[Transcript]:

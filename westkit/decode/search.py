@@ -36,9 +36,13 @@ class GenerateConfig:
 
 @dataclasses.dataclass
 class Generated:
-    """One hypothesis: token ids without the stop token, and whether the budget cut it."""
+    """One hypothesis: token ids without the stop token, whether the budget cut it, and the
+    log-probability of each id under the model (``logprobs[i]`` for ``ids[i]``; confidence).
+    Equality compares ids and hit_limit only: log-probs move in the last float bits with the
+    batch's size, the ids must not."""
     ids: list[int]
     hit_limit: bool
+    logprobs: list[float] = dataclasses.field(default_factory=list, compare=False)
 
 
 def token_budget(audio_lens: torch.Tensor, cfg: GenerateConfig, sample_rate: int = SAMPLE_RATE) -> list[int]:
@@ -146,19 +150,21 @@ def greedy(step, budgets: list[int], stop_ids: list[int],
     limit = torch.tensor(budgets, device=device)
     b = logits.shape[0]
     tokens = torch.zeros(b, 0, dtype=torch.long, device=device)
+    logps = torch.zeros(b, 0, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     stopped = torch.zeros(b, dtype=torch.bool, device=device)
     n = 0
     while True:
         nxt = logits.argmax(-1)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        logps = torch.cat([logps, logits.float().log_softmax(-1).gather(1, nxt[:, None])], dim=1)
         stopped |= ~done & torch.isin(nxt, stops)
         n += 1
         done |= stopped | (n >= limit)
         if _all_done(bool(done.all()), everyone_done):
             break
         logits = step.next(nxt)
-    return [_cut(row, stop_ids, budget) for row, budget in zip(tokens.tolist(), budgets)]
+    return [_cut(row, stop_ids, budget, lp) for row, budget, lp in zip(tokens.tolist(), budgets, logps.tolist())]
 
 
 @torch.no_grad()
@@ -181,7 +187,8 @@ def beam_search(step, budgets: list[int], stop_ids: list[int], beam: int, length
     scores[:, 0] = 0.0                                   # one live beam per row at the start
     logp = logp.repeat_interleave(beam, 0)               # (B * beam, V)
     live: list[list[list[int]]] = [[[] for _ in range(beam)] for _ in range(b)]
-    ended: list[list[tuple[float, list[int], bool]]] = [[] for _ in range(b)]
+    live_lp: list[list[list[float]]] = [[[] for _ in range(beam)] for _ in range(b)]  # per-token log-probs
+    ended: list[list[tuple[float, list[int], bool, list[float]]]] = [[] for _ in range(b)]
     done = [False] * b
     n = 0
     while True:
@@ -195,28 +202,30 @@ def beam_search(step, budgets: list[int], stop_ids: list[int], beam: int, length
             if done[r]:
                 continue
             picked = 0
-            new_live = []
+            new_live, new_lp = [], []
             for s, i in zip(top[r].tolist(), idx[r].tolist()):
                 k, tok = divmod(i, vocab)
                 if s == -math.inf:
                     break
                 ids = live[r][k] + [tok]
                 if tok in stops:
-                    ended[r].append((s / len(ids) ** length_penalty, live[r][k], False))
+                    ended[r].append((s / len(ids) ** length_penalty, live[r][k], False, live_lp[r][k]))
                     continue
                 src[r, picked], nxt[r, picked], new_scores[r, picked] = r * beam + k, tok, s
                 new_live.append(ids)
+                new_lp.append(live_lp[r][k] + [float(logp[r * beam + k, tok])])
                 picked += 1
                 if picked == beam:
                     break
             for p in range(picked, beam):             # fewer candidates than beams: dead beams
                 new_scores[r, p] = -math.inf
                 new_live.append([])
-            live[r] = new_live
+                new_lp.append([])
+            live[r], live_lp[r] = new_live, new_lp
             if len(ended[r]) >= beam or picked == 0:
                 done[r] = True
             elif n >= budgets[r]:
-                ended[r] += [(float(new_scores[r, p]) / n ** length_penalty, live[r][p], True)
+                ended[r] += [(float(new_scores[r, p]) / n ** length_penalty, live[r][p], True, live_lp[r][p])
                              for p in range(picked)]
                 done[r] = True
         scores = new_scores
@@ -224,16 +233,16 @@ def beam_search(step, budgets: list[int], stop_ids: list[int], beam: int, length
             break
         step.select(src.reshape(-1))
         logp = step.next(nxt.reshape(-1)).float().log_softmax(-1)
-    best = [max(e, key=lambda x: x[0]) if e else (0.0, [], True) for e in ended]
-    return [Generated(ids, hit) for _, ids, hit in best]
+    best = [max(e, key=lambda x: x[0]) if e else (0.0, [], True, []) for e in ended]
+    return [Generated(ids, hit, lp) for _, ids, hit, lp in best]
 
 
-def _cut(row: list[int], stop_ids: list[int], budget: int) -> Generated:
-    """Ids up to the first stop token (excluded) and within ``budget``."""
+def _cut(row: list[int], stop_ids: list[int], budget: int, logprobs: list[float]) -> Generated:
+    """Ids (and their log-probs) up to the first stop token (excluded) and within ``budget``."""
     for i, t in enumerate(row[:budget]):
         if t in stop_ids:
-            return Generated(row[:i], False)
-    return Generated(row[:budget], True)
+            return Generated(row[:i], False, logprobs[:i])
+    return Generated(row[:budget], True, logprobs[:budget])
 
 
 def search(step, budgets: list[int], stop_ids: list[int], cfg: GenerateConfig,

@@ -1,0 +1,132 @@
+"""Long-form transcription: audio of any length -> windows of at most 30 s -> batched decoding.
+
+1. `speech_regions`: silero-vad (its wheel ships the model; ``get_speech_timestamps``) finds
+   speech in the whole file.
+2. `plan_windows` (cut and merge, as WhisperX does): neighbouring regions are merged while the
+   window stays within ``max_window`` seconds; a region longer than that is cut into equal
+   pieces; each window then takes up to ``pad`` seconds of the silence around it without
+   touching its neighbours. Audio between windows is silence by the VAD's verdict; nothing
+   with speech in it is dropped, and the windows are reported in ``segments``.
+3. `transcribe`: every window of every file is decoded in length-sorted batches of
+   ``batch_size`` windows with a `WhisperRecognizer`, word times come from
+   `westkit.decode.timestamps.whisper_words`, are shifted by the window's start and (``snap``)
+   shrunk off the window's quiet frames (`westkit.decode.timestamps.snap_to_speech`).
+
+Words come out in time order, never overlapping (each window's DTW path is monotonic, windows
+do not overlap, times are capped at their window's end). A window whose token budget cut the
+hypothesis is flagged ``truncated`` in its segment and the utterance's ``flags``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from westkit.decode import timestamps as ts
+from westkit.models.features import SAMPLE_RATE
+
+
+@dataclasses.dataclass
+class LongformConfig:
+    """How long audio is cut into windows and decoded."""
+    max_window: float = 30.0          # seconds; Whisper's window
+    pad: float = 0.2                  # seconds of silence kept around each window
+    vad_threshold: float = 0.5        # silero-vad speech probability
+    min_silence_ms: int = 300         # a pause this long splits speech regions
+    min_speech_ms: int = 150
+    batch_size: int = 8               # windows per decoder batch
+    snap: bool = True                 # shrink word edges off quiet frames (timestamps.snap_to_speech)
+
+
+_VAD = None
+
+
+def _vad_model():
+    global _VAD
+    if _VAD is None:
+        from silero_vad import load_silero_vad
+
+        _VAD = load_silero_vad(onnx=False)
+    return _VAD
+
+
+def speech_regions(audio: np.ndarray, cfg: LongformConfig) -> list[tuple[int, int]]:
+    """(start, end) samples of speech in 16 kHz mono ``audio`` (T,), in order, per silero-vad."""
+    from silero_vad import get_speech_timestamps
+
+    found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
+                                  _vad_model(), sampling_rate=SAMPLE_RATE, threshold=cfg.vad_threshold,
+                                  min_silence_duration_ms=cfg.min_silence_ms,
+                                  min_speech_duration_ms=cfg.min_speech_ms, speech_pad_ms=0)
+    return [(int(r["start"]), int(r["end"])) for r in found]
+
+
+def plan_windows(regions: list[tuple[int, int]], total: int, cfg: LongformConfig) -> list[tuple[int, int]]:
+    """Cut-and-merge ``regions`` (samples) into windows of at most ``cfg.max_window`` s within
+    [0, total), each padded into the silence around it; windows never overlap."""
+    limit = int(cfg.max_window * SAMPLE_RATE)
+    pieces = []
+    for a, b in regions:
+        n = -(-(b - a) // limit)  # long speech without a pause: equal pieces under the limit
+        edges = np.linspace(a, b, n + 1).round().astype(int)
+        pieces += list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+    windows: list[list[int]] = []
+    for a, b in pieces:
+        if windows and b - windows[-1][0] <= limit:
+            windows[-1][1] = b
+        else:
+            windows.append([a, b])
+    pad = int(cfg.pad * SAMPLE_RATE)
+    out = []
+    for i, (a, b) in enumerate(windows):
+        room = limit - (b - a)
+        lo = max(0, out[-1][1] if out else 0, a - min(pad, room // 2))
+        hi = min(total, windows[i + 1][0] if i + 1 < len(windows) else total, b + min(pad, room - (a - lo)))
+        out.append((lo, hi))
+    return out
+
+
+def transcribe(rec, audios: list[np.ndarray], cfg: LongformConfig | None = None,
+               windows: list[list[tuple[int, int]]] | None = None) -> list[dict]:
+    """Transcribe whole files: one `westkit.decode.timestamps.result_dict` per ``audios[i]``
+    (T,) float at 16 kHz, with ``flags`` (``no_speech``, ``truncated``) and ``decoded_seconds``
+    (the windows' total: the rest is what the VAD called silence). ``windows`` (samples
+    per file) skips the VAD when given."""
+    cfg = cfg or LongformConfig()
+    if windows is None:
+        windows = [plan_windows(speech_regions(a, cfg), len(a), cfg) for a in audios]
+    jobs = [(f, a, b) for f, ws in enumerate(windows) for a, b in ws]
+    jobs.sort(key=lambda j: -(j[2] - j[1]))  # similar lengths together
+    decoded: dict[tuple[int, int], tuple] = {}
+    for i in range(0, len(jobs), cfg.batch_size):
+        chunk = jobs[i:i + cfg.batch_size]
+        lens = torch.tensor([b - a for _, a, b in chunk])
+        audio = torch.zeros(len(chunk), int(lens.max()))
+        for r, (f, a, b) in enumerate(chunk):
+            audio[r, :b - a] = torch.from_numpy(audios[f][a:b])
+        device = rec.whisper.proj_out.weight.device
+        audio, lens = audio.to(device), lens.to(device)
+        states = rec.encode(audio, lens)
+        outs = rec.decode_states(states, lens)
+        words = ts.whisper_words(rec, states, lens, outs, [a / SAMPLE_RATE for _, a, _ in chunk])
+        for (f, a, b), t, w in zip(chunk, outs, words):
+            if cfg.snap:
+                ts.snap_to_speech(w, audios[f][a:b], a / SAMPLE_RATE)
+            decoded[(f, a)] = (t, w)
+    results = []
+    for f, ws in enumerate(windows):
+        words, segments, texts, flags = [], [], [], []
+        for a, b in ws:
+            t, w = decoded[(f, a)]
+            words += w
+            texts.append(t.text)
+            seg_flags = ["truncated"] if t.hit_limit else []
+            flags += seg_flags
+            segments.append(ts.segment(w, t.text, a / SAMPLE_RATE, b / SAMPLE_RATE, flags=seg_flags))
+        if not ws:
+            flags.append("no_speech")
+        results.append(ts.result_dict(" ".join(x for x in texts if x), words, segments,
+                                      len(audios[f]) / SAMPLE_RATE, flags=sorted(set(flags)),
+                                      decoded_seconds=round(sum(b - a for a, b in ws) / SAMPLE_RATE, 3)))
+    return results
