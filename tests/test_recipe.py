@@ -23,6 +23,20 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@pytest.fixture(autouse=True)
+def own_process_group():
+    """`recipe.start` joins a process group (a world of one here) and sets RANK/MASTER_PORT:
+    leave neither behind, or later tests' subprocesses inherit them and find the port taken."""
+    import torch.distributed as dist
+
+    saved = dict(os.environ)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def conf(tmp_path):
     path = tmp_path / "conf.yaml"
