@@ -405,7 +405,7 @@ def prepare_out(path: str) -> Path:
         raise ValueError(f"--out {out}: is a file; name a folder (it is created if missing)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".westkit-write-test"
+        probe = out / f".westkit-write-test-{os.getpid()}"  # one per process: ranks run this at once
         probe.write_text("")
         probe.unlink()
     except OSError as e:
