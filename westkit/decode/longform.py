@@ -8,13 +8,18 @@
    touching its neighbours. Audio between windows is silence by the VAD's verdict; nothing
    with speech in it is dropped, and the windows are reported in ``segments``.
 3. `transcribe`: every window of every file is decoded in length-sorted batches of
-   ``batch_size`` windows with a `WhisperRecognizer`, word times come from
-   `westkit.decode.timestamps.whisper_words`, are shifted by the window's start and (``snap``)
+   ``batch_size`` windows with a Whisper recogniser of either backend (`WhisperRecognizer`,
+   `westkit.decode.ct2.Ct2WhisperRecognizer`); word times come from its ``words``
+   (`westkit.decode.timestamps.whisper_words`, or CTranslate2's ``align``), are shifted by the window's start and (``snap``)
    shrunk off the window's quiet frames (`westkit.decode.timestamps.snap_to_speech`).
 
 Words come out in time order, never overlapping (each window's DTW path is monotonic, windows
-do not overlap, times are capped at their window's end). A window whose token budget cut the
-hypothesis is flagged ``truncated`` in its segment and the utterance's ``flags``.
+do not overlap, times are capped at their window's end). Where a hypothesis ends ``resume_after``
+seconds or more before its window does and the VAD hears speech after its last word (Whisper
+tends to stop early on windows of many short utterances), the rest of the window is decoded
+again from that word's end, like openai-whisper's seek; its segment is flagged ``resumed``. A
+window whose token budget cut the hypothesis is flagged ``truncated`` in its segment and the
+utterance's ``flags``.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class LongformConfig:
     min_speech_ms: int = 150
     batch_size: int = 8               # windows per decoder batch
     snap: bool = True                 # shrink word edges off quiet frames (timestamps.snap_to_speech)
+    resume_after: float = 1.0         # seconds of speech left after a window's last word: decode them again
 
 
 _VAD = None
@@ -87,33 +93,70 @@ def plan_windows(regions: list[tuple[int, int]], total: int, cfg: LongformConfig
     return out
 
 
+def file_windows(audio: np.ndarray, cfg: LongformConfig) -> list[tuple[int, int]]:
+    """One file's windows: the whole file when it fits one window (decoded exactly as a short
+    utterance is), else `plan_windows` over silero-vad's speech regions."""
+    if len(audio) <= int(cfg.max_window * SAMPLE_RATE):
+        return [(0, len(audio))]
+    return plan_windows(speech_regions(audio, cfg), len(audio), cfg)
+
+
+def _unheard(audio: np.ndarray, a: int, b: int, words: list, cfg: LongformConfig) -> int | None:
+    """Where window [a, b) needs decoding again: the end of its last word, when the hypothesis
+    stopped ``cfg.resume_after`` s or more before the window's end and silero-vad hears speech
+    after it (Whisper sometimes ends a window of many short utterances after the first few);
+    else None."""
+    if not words:
+        return None
+    rest = max(a, int(round(words[-1].end * SAMPLE_RATE)))
+    if b - rest < cfg.resume_after * SAMPLE_RATE or rest - a < 0.1 * SAMPLE_RATE:  # nothing left / no progress
+        return None
+    return rest if speech_regions(audio[rest:b], cfg) else None
+
+
 def transcribe(rec, audios: list[np.ndarray], cfg: LongformConfig | None = None,
-               windows: list[list[tuple[int, int]]] | None = None) -> list[dict]:
+               windows: list[list[tuple[int, int]]] | None = None, progress: str | None = None) -> list[dict]:
     """Transcribe whole files: one `westkit.decode.timestamps.result_dict` per ``audios[i]``
     (T,) float at 16 kHz, with ``flags`` (``no_speech``, ``truncated``) and ``decoded_seconds``
     (the windows' total: the rest is what the VAD called silence). ``windows`` (samples
-    per file) skips the VAD when given."""
+    per file) skips the VAD when given; ``progress`` names a progress bar (stderr) over the batches."""
+    import sys
+
+    from tqdm import tqdm
+
     cfg = cfg or LongformConfig()
     if windows is None:
         windows = [plan_windows(speech_regions(a, cfg), len(a), cfg) for a in audios]
-    jobs = [(f, a, b) for f, ws in enumerate(windows) for a, b in ws]
-    jobs.sort(key=lambda j: -(j[2] - j[1]))  # similar lengths together
+    windows = [sorted(ws) for ws in windows]
+    queue = [(f, a, b) for f, ws in enumerate(windows) for a, b in ws]
     decoded: dict[tuple[int, int], tuple] = {}
-    for i in range(0, len(jobs), cfg.batch_size):
-        chunk = jobs[i:i + cfg.batch_size]
+    resumed: set[tuple[int, int]] = set()
+    bar = tqdm(total=len(queue), desc=progress, unit="window", file=sys.stderr, disable=progress is None)
+    while queue:
+        queue.sort(key=lambda j: -(j[2] - j[1]))  # similar lengths together
+        chunk, queue = queue[:cfg.batch_size], queue[cfg.batch_size:]
         lens = torch.tensor([b - a for _, a, b in chunk])
         audio = torch.zeros(len(chunk), int(lens.max()))
         for r, (f, a, b) in enumerate(chunk):
             audio[r, :b - a] = torch.from_numpy(audios[f][a:b])
-        device = rec.whisper.proj_out.weight.device
-        audio, lens = audio.to(device), lens.to(device)
+        audio, lens = audio.to(rec.device), lens.to(rec.device)
         states = rec.encode(audio, lens)
         outs = rec.decode_states(states, lens)
-        words = ts.whisper_words(rec, states, lens, outs, [a / SAMPLE_RATE for _, a, _ in chunk])
+        words = rec.words(states, lens, outs, [a / SAMPLE_RATE for _, a, _ in chunk])
         for (f, a, b), t, w in zip(chunk, outs, words):
             if cfg.snap:
                 ts.snap_to_speech(w, audios[f][a:b], a / SAMPLE_RATE)
+            rest = _unheard(audios[f], a, b, w, cfg)
+            if rest is not None:  # the model stopped before the window's speech did: seek on
+                windows[f][windows[f].index((a, b))] = (a, rest)
+                windows[f].append((rest, b))
+                windows[f].sort()
+                queue.append((f, rest, b))
+                bar.total += 1
+                resumed.add((f, a))
             decoded[(f, a)] = (t, w)
+        bar.update(len(chunk))
+    bar.close()
     results = []
     for f, ws in enumerate(windows):
         words, segments, texts, flags = [], [], [], []
@@ -121,8 +164,8 @@ def transcribe(rec, audios: list[np.ndarray], cfg: LongformConfig | None = None,
             t, w = decoded[(f, a)]
             words += w
             texts.append(t.text)
-            seg_flags = ["truncated"] if t.hit_limit else []
-            flags += seg_flags
+            seg_flags = (["truncated"] if t.hit_limit else []) + (["resumed"] if (f, a) in resumed else [])
+            flags += [x for x in seg_flags if x == "truncated"]
             segments.append(ts.segment(w, t.text, a / SAMPLE_RATE, b / SAMPLE_RATE, flags=seg_flags))
         if not ws:
             flags.append("no_speech")
