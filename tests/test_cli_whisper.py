@@ -34,6 +34,9 @@ def pairs(tmp_path, monkeypatch):
     (["train", "/no/conf.yaml"], "no such config"),
     (["train", "recipes/whisper/conf/tiny.yaml", "train.max_steps"], "is not section.key=value"),
     (["evaluate", "x", "--model", "/tmp"], "a folder without config.json or hf/"),
+    (["transcribe", "/usr/share/asterisk/sounds/en", "--format", "srt"], "give --out-dir DIR"),
+    (["transcribe", "/usr/share/asterisk/sounds/en/agent-pass.g722", "--backend", "ctranslate2",
+      "--compute-type", "int4"], "--compute-type 'int4'"),
 ])
 def test_user_errors_are_one_line(argv, needle, capsys):
     assert cli.main(argv) == 2
@@ -88,3 +91,80 @@ def test_transcribe_evaluate_compare_on_real_speech(whisper_tiny_path, pairs, tm
     out = capsys.readouterr().out
     assert "base" in out and "beam2" in out and "utterances decoded differently" in out
     assert plot.stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def three_minutes(tmp_path_factory):
+    """A 3-minute recording of real speech: Asterisk prompts (one speaker, G.722 telephone audio)
+    joined with pauses of 0.4-1.2 s; returns (wav path, [(start s, end s, transcript)] per prompt)."""
+    import gzip
+    import random
+    import subprocess
+
+    import numpy as np
+    import soundfile as sf
+
+    if not ASTERISK.is_dir():
+        pytest.skip("asterisk-core-sounds-en-g722 not installed")
+    refs = dict(line.split(": ", 1) for line in
+                gzip.open("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz", "rt") if ": " in line)
+    names = sorted(p.stem for p in ASTERISK.glob("*.g722") if p.stem in refs and "[" not in refs[p.stem])  # speech only
+    rng = random.Random(0)
+    rng.shuffle(names)
+    parts, spans, t = [], [], 0
+    for name in names:
+        raw = subprocess.run(["ffmpeg", "-v", "error", "-f", "g722", "-i", str(ASTERISK / f"{name}.g722"), "-ar",
+                              "16000", "-ac", "1", "-f", "f32le", "-"], capture_output=True, check=True).stdout
+        audio = np.frombuffer(raw, np.float32)
+        gap = np.zeros(int(rng.uniform(0.4, 1.2) * 16000), np.float32)
+        spans.append((t / 16000, (t + len(audio)) / 16000, refs[name].strip()))
+        parts += [audio, gap]
+        t += len(audio) + len(gap)
+        if t >= 180 * 16000:
+            break
+    path = tmp_path_factory.mktemp("talk") / "talk.wav"
+    sf.write(path, np.concatenate(parts), 16000)
+    return path, spans
+
+
+@pytest.mark.slow
+def test_transcribe_word_timestamps_on_a_three_minute_recording(whisper_tiny_path, three_minutes, tmp_path, capsys):
+    """`westkit transcribe --word-timestamps` on 3 minutes of many utterances: words with times
+    and confidences over the whole file, in order, inside the utterances they belong to, and
+    subtitle files a subtitle library reads back."""
+    import numpy as np
+    import pysubs2
+
+    from westkit.decode.scoring import score
+
+    wav, spans = three_minutes
+    out = tmp_path / "out"
+    assert cli.main(["transcribe", str(wav), "--model", whisper_tiny_path, "--word-timestamps", "--json",
+                     "--out-dir", str(out)]) == 0
+    stdout, err = capsys.readouterr()
+    doc = json.loads(stdout)
+    assert "RTF" in err and doc["audio_duration"] == pytest.approx(spans[-1][1], abs=1.3)
+    assert score([" ".join(s[2] for s in spans)], [doc["text"]]).wer < 0.2
+    words = doc["words"]
+    assert all(0 <= w["start"] <= w["end"] for w in words) and all(0 < w["confidence"] <= 1 for w in words)
+    assert all(a["end"] <= b["start"] for a, b in zip(words, words[1:]))  # monotonic, no overlap
+    # utterances get words, and words sit inside an utterance (0.3 s of slack); without the
+    # long-form seek (`longform._unheard`) Whisper ended one 30 s window after its first word
+    # and 7 of these 54 utterances got none (with it: 2, one-word prompts whose word DTW placed
+    # over 0.3 s off)
+    heard = [any(a - 0.3 <= w["start"] and w["end"] <= b + 0.3 for w in words) for a, b, _ in spans]
+    assert np.mean(heard) >= 0.9, [s[2] for s, h in zip(spans, heard) if not h]
+    inside = [any(a - 0.3 <= w["start"] and w["end"] <= b + 0.3 for a, b, _ in spans) for w in words]
+    assert np.mean(inside) > 0.95
+    assert abs(words[0]["start"] - spans[0][0]) < 0.5 and abs(words[-1]["end"] - spans[-1][1]) < 0.5
+    assert len(doc["segments"]) >= 6 and all(s["end"] - s["start"] <= 30 for s in doc["segments"])
+    srt, vtt = pysubs2.load(str(out / "talk.srt")), pysubs2.load(str(out / "talk.vtt"))
+    assert len(srt) == len(vtt) >= len(doc["segments"])
+    assert [e.start for e in srt] == sorted(e.start for e in srt) and srt[-1].end / 1000 <= doc["audio_duration"]
+    assert " ".join(e.plaintext for e in srt).split() == [w["word"] for w in words]
+    assert json.loads((out / "talk.json").read_text())["words"] == words
+    # one file to stdout as subtitles, the CTranslate2 backend
+    assert cli.main(["transcribe", str(wav), "--model", whisper_tiny_path, "--format", "vtt",
+                     "--backend", "ctranslate2"]) == 0
+    stdout, err = capsys.readouterr()
+    assert stdout.startswith("WEBVTT") and stdout.count("-->") >= len(doc["segments"]) and "(ctranslate2)" in err

@@ -84,6 +84,8 @@ BENCH = "a benchmark that measures for minutes; its figures are in the docs besi
 INTEROP = "the user's own manifests; tests/data/test_interop.py runs this importer on data made there"
 TASTE = "TASTE training (minutes); tests/recipes/test_taste_recipe.py runs the recipe at tiny scale on 2 processes"
 WHISPER = "Whisper fine-tuning (minutes per step here); tests/recipes/test_whisper_recipe.py runs the recipe at tiny scale"
+TALK = ("the user's recording; tests/test_cli_whisper.py runs transcribe --word-timestamps / --format / "
+        "--out-dir / --backend ctranslate2 on a 3-minute recording of real speech")
 ASR_CLI = "tests/test_cli_whisper.py runs train/transcribe/evaluate/compare on real speech at tiny scale"
 
 CASES: dict[str, dict[str, Run | Skip]] = {
@@ -220,6 +222,12 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "data.states=exp/taste/states/general-train eval_data.states=exp/taste/states/general-test": Skip(TASTE),
     },
     "timestamps.md": {
+        "westkit transcribe talk.wav --word-timestamps --json": Skip(TALK),
+        "westkit transcribe talk.wav --format srt > talk.srt": Skip(TALK),
+        "westkit transcribe recordings/ --out-dir exp/subs": Skip(TALK),
+        "westkit transcribe talk.wav --backend ctranslate2 --word-timestamps": Skip(TALK),
+        "python benchmarks/backends.py --utterances 99 --json exp/backends.json": Skip(BENCH),
+        "python benchmarks/backends.py --utterances 99 --word-timestamps": Skip(BENCH),
         "westkit-recognize --whisper whisper-tiny.en --audio talk.wav --out exp/talk --word-timestamps": Skip(
             "the user's recording; tests/decode/test_timestamps.py runs --word-timestamps on 55 s of real speech"),
         "westkit-recognize --whisper whisper-tiny.en --jsonl test.jsonl --out exp/dec --min-confidence 0.7": Skip(

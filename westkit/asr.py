@@ -48,12 +48,14 @@ def model_folder(name: str) -> str:
     return name
 
 
-def load_recognizer(name: str, beam: int = 1, language: str | None = None, device: str = "cpu"):
-    from westkit.decode.recognizers import WhisperRecognizer
+def load_recognizer(name: str, beam: int = 1, language: str | None = None, device: str = "cpu",
+                    backend: str = "transformers", compute_type: str | None = None):
+    """A Whisper recogniser of either backend (`westkit.decode.ct2.whisper_recognizer`)."""
+    from westkit.decode.ct2 import whisper_recognizer
     from westkit.decode.search import GenerateConfig
 
-    return WhisperRecognizer.load(model_folder(name), GenerateConfig(beam=beam), torch.device(device),
-                                  torch.float32, language)
+    return whisper_recognizer(name if backend == "ctranslate2" else model_folder(name), GenerateConfig(beam=beam),
+                              backend, device, torch.float32, compute_type, language)
 
 
 def audio_files(inputs: list[str]) -> list[Path]:
@@ -73,18 +75,24 @@ def audio_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _batches_of_files(files: list[Path], max_batch_size: int = 16):
+def read_files(files: list[Path]) -> list:
+    """Each file's 16 kHz mono audio (T,) float32; ValueError names a file that cannot be read."""
     from westkit.data.audio import BadInput, read_audio
-    from westkit.data.pipeline import collate
 
-    samples = []
+    audios = []
     for f in files:
         try:
-            audio = read_audio(str(f))
+            audios.append(read_audio(str(f)))
         except BadInput as e:
             raise ValueError(f"{f}: cannot read this audio ({e})") from None
-        samples.append({"key": str(f), "audio": torch.from_numpy(audio), "text": "", "lang": "en",
-                        "duration": len(audio) / SAMPLE_RATE})
+    return audios
+
+
+def _batches_of_files(files: list[Path], audios: list, max_batch_size: int = 16):
+    from westkit.data.pipeline import collate
+
+    samples = [{"key": str(f), "audio": torch.from_numpy(a), "text": "", "lang": "en",
+                "duration": len(a) / SAMPLE_RATE} for f, a in zip(files, audios)]
     samples.sort(key=lambda s: -s["duration"])
     return [collate(samples[i:i + max_batch_size]) for i in range(0, len(samples), max_batch_size)]
 
@@ -101,9 +109,49 @@ def decode(recognizer, batches, name: str, total: int | None = None) -> Decoded:
     return Decoded(name, sorted(rows, key=lambda r: r["key"]), audio_s, time.perf_counter() - started)
 
 
-def transcribe(inputs: list[str], model: str, beam: int = 1, language: str | None = None) -> Decoded:
+def transcribe(inputs: list[str], model: str, beam: int = 1, language: str | None = None,
+               word_timestamps: bool = False, backend: str = "transformers", compute_type: str | None = None,
+               batch_size: int = 16) -> Decoded:
+    """Transcribe audio files (or folders of them) of any length.
+
+    Files up to Whisper's 30 s window decode whole, in length-sorted batches. Longer files, and
+    every file with ``word_timestamps``, go through `westkit.decode.longform` (silero-vad
+    windows of at most 30 s for the long ones, the whole file as one window for the others),
+    and each row then also holds the `westkit.decode.timestamps.result_dict` fields: ``words``
+    with start, end and confidence, ``segments``, ``audio_duration``, ``flags``.
+    """
+    from westkit.decode import longform
+
     files = audio_files(inputs)  # before the model loads: a typo fails at once
-    return decode(load_recognizer(model, beam, language), _batches_of_files(files), model)
+    audios = read_files(files)
+    rec = load_recognizer(model, beam, language, backend=backend, compute_type=compute_type)
+    window = int(longform.LongformConfig().max_window * SAMPLE_RATE)
+    whole = [i for i, a in enumerate(audios) if len(a) <= window and not word_timestamps]
+    short = decode(rec, _batches_of_files([files[i] for i in whole], [audios[i] for i in whole], batch_size), model)
+    rest = [i for i in range(len(files)) if i not in set(whole)]
+    if not rest:
+        return short
+    cfg = longform.LongformConfig(batch_size=batch_size)
+    started = time.perf_counter()
+    windows = [longform.file_windows(audios[i], cfg) for i in rest]
+    results = longform.transcribe(rec, [audios[i] for i in rest], cfg, windows, progress=f"decoding {model}")
+    rows = short.rows + [{"key": str(files[i]), "ref": "", "hyp": r.pop("text"), "duration": r["audio_duration"],
+                          "hit_limit": "truncated" in r["flags"], **r} for i, r in zip(rest, results)]
+    return Decoded(model, sorted(rows, key=lambda r: r["key"]), short.audio_seconds + sum(len(audios[i]) for i in rest) / SAMPLE_RATE,
+                   short.decode_seconds + time.perf_counter() - started)
+
+
+def result_of(row: dict) -> dict:
+    """A `transcribe` row as the `westkit.decode.timestamps.result_dict` schema (``text``, and
+    ``words``, ``segments``, ``audio_duration``, ``flags`` where word timestamps were made)."""
+    keep = ("words", "segments", "audio_duration", "flags", "decoded_seconds")
+    doc = {"text": row["hyp"], "duration": row["duration"], **{k: row[k] for k in keep if k in row}}
+    if "words" in row:
+        from westkit.decode.timestamps import Word, confidence
+
+        conf = confidence([Word(**w) for w in row["words"]])
+        doc["confidence"] = None if conf is None else round(conf, 4)
+    return doc
 
 
 def data_loader(data: str, max_batch_size: int = 16):
@@ -121,9 +169,11 @@ def data_loader(data: str, max_batch_size: int = 16):
     return loader
 
 
-def evaluate(data: str, model: str, beam: int = 1, language: str | None = None) -> Decoded:
+def evaluate(data: str, model: str, beam: int = 1, language: str | None = None, backend: str = "transformers",
+             compute_type: str | None = None) -> Decoded:
     loader = data_loader(data)
-    return decode(load_recognizer(model, beam, language), loader, model, total=len(loader))
+    return decode(load_recognizer(model, beam, language, backend=backend, compute_type=compute_type), loader,
+                  model, total=len(loader))
 
 
 def utterance_wer(ref: str, hyp: str) -> float:

@@ -7,14 +7,20 @@
 
     westkit train CONFIG [--strategy full|lora|qlora] [--freeze-encoder | --no-freeze-encoder]
                   [--grad-ckpt] [--out DIR] [--nproc N] [section.key=value ...]
-    westkit transcribe AUDIO_OR_FOLDER... [--model M] [--json] [--beam N] [--language LANG]
+    westkit transcribe AUDIO_OR_FOLDER... [--model M] [--beam N] [--language LANG]
+                  [--word-timestamps] [--format text|json|srt|vtt] [--out-dir DIR] [--json]
     westkit evaluate DATA [--model M] [--worst N] [--json FILE]
     westkit compare DATA --models base=whisper-tiny.en ft=exp/whisper/tiny_lora [--show N] [--plot PNG]
+    (transcribe / evaluate / compare: [--backend transformers|ctranslate2] [--compute-type int8|float32|...])
 
 ``train`` runs recipes/whisper/train.py (through torchrun with ``--nproc`` > 1); a model is an
 asset name, a hub id, a Whisper HF folder or a training run folder (its ``hf/`` export); DATA is a
 shard folder, a built-in corpus, a folder with metadata.csv or audio + .txt pairs, or a WeST
 jsonl. Every decode reports its real-time factor (RTF: decoding seconds per audio second).
+``transcribe`` takes files of any length: longer than 30 s, they are cut at pauses (silero-vad)
+into windows and decoded in batches (`westkit.decode.longform`); ``--word-timestamps`` adds words
+with start, end and confidence (JSON), and ``--format srt|vtt`` or ``--out-dir`` subtitles.
+``--backend ctranslate2`` decodes with CTranslate2 (`westkit.decode.ct2`; int8 by default on CPU).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from pathlib import Path
 
 from westkit import assets, paths
 
+BACKENDS = ("transformers", "ctranslate2")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "whisper" / "train.py"
 DEFAULT_MODEL = "whisper-tiny.en"
 
@@ -77,7 +84,15 @@ def _parser() -> argparse.ArgumentParser:
         c = commands.add_parser(name, help=helptext, description=helptext)
         if name == "transcribe":
             c.add_argument("inputs", nargs="+", metavar="AUDIO_OR_FOLDER")
-            c.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+            c.add_argument("--json", action="store_true", help="same as --format json")
+            c.add_argument("--format", choices=("text", "json", "srt", "vtt"), default="text",
+                           help="stdout: FILE<TAB>TEXT lines, one JSON object per file, or subtitles "
+                                "(srt/vtt: one input file, or use --out-dir)")
+            c.add_argument("--word-timestamps", action="store_true",
+                           help="words with start, end (s) and confidence in the JSON output")
+            c.add_argument("--out-dir", help="write FILE.json, FILE.srt and FILE.vtt here, one set per input file "
+                                             "(implies --word-timestamps)")
+            c.add_argument("--batch-size", type=int, default=16, help="utterances or 30 s windows per batch")
         else:
             c.add_argument("data", metavar="DATA")
             c.add_argument("--json", metavar="FILE", help="also write every hypothesis to FILE (jsonl)")
@@ -91,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--worst", type=int, default=10, help="worst utterances to print")
         c.add_argument("--beam", type=int, default=1)
         c.add_argument("--language", help="multilingual models: language token (de, es, ...)")
+        c.add_argument("--backend", choices=BACKENDS, default="transformers",
+                       help="ctranslate2: faster-whisper's runtime (the model is converted once, cached)")
+        c.add_argument("--compute-type", help="ctranslate2 only: int8 (default on CPU), float16 (default on GPU), "
+                                               "int8_float32, float32, ...")
     return parser
 
 
@@ -128,14 +147,9 @@ def _decode_command(args) -> int:
 
     from westkit import asr
 
+    backend = dict(backend=args.backend, compute_type=args.compute_type)
     if args.command == "transcribe":
-        result = asr.transcribe(args.inputs, args.model, args.beam, args.language)
-        for r in result.rows:
-            print(json.dumps({"file": r["key"], "text": r["hyp"], "duration": r["duration"]})
-                  if args.json else f"{r['key']}\t{r['hyp']}")
-        print(f"westkit: {len(result.rows)} files, {result.audio_seconds:.1f} s of audio, "
-              f"RTF {result.rtf:.3f}", file=sys.stderr)
-        return 0
+        return _transcribe(args, backend)
     if args.command == "evaluate":
         models = [(args.model, args.model)]
     else:
@@ -152,7 +166,8 @@ def _decode_command(args) -> int:
     results = []
     loader = asr.data_loader(args.data)
     for label, model in models:
-        d = asr.decode(asr.load_recognizer(model, args.beam, args.language), loader, label, total=len(loader))
+        d = asr.decode(asr.load_recognizer(model, args.beam, args.language, **backend), loader, label,
+                       total=len(loader))
         results.append(d)
     if args.json:
         with open(args.json, "w") as f:
@@ -166,6 +181,45 @@ def _decode_command(args) -> int:
         print(asr.side_by_side(results, args.show))
         if args.plot:
             print(f"plot: {asr.bar_plot(results, Path(args.plot), f'WER on {Path(args.data).name}')}")
+    return 0
+
+
+def _transcribe(args, backend: dict) -> int:
+    import json
+
+    from westkit import asr
+    from westkit.decode import timestamps
+
+    fmt = "json" if args.json else args.format
+    words = args.word_timestamps or fmt in ("srt", "vtt") or args.out_dir is not None
+    files = asr.audio_files(args.inputs)  # before the model loads: a typo fails at once
+    if fmt in ("srt", "vtt") and len(files) > 1 and not args.out_dir:
+        raise ValueError(f"--format {fmt} prints one file's subtitles; for {len(files)} files give "
+                         "--out-dir DIR (FILE.srt, FILE.vtt and FILE.json per input)")
+    stems = [f.stem for f in files]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if args.out_dir and clash:
+        raise ValueError(f"--out-dir: two inputs are both named {clash[0]!r} (outputs are named by file); "
+                         "transcribe them into different --out-dir folders")
+    result = asr.transcribe(args.inputs, args.model, args.beam, args.language, words,
+                            batch_size=args.batch_size, **backend)
+    for r in result.rows:
+        doc = asr.result_of(r)
+        if args.out_dir:
+            timestamps.write_outputs(doc, Path(args.out_dir), Path(r["key"]).stem)
+        if fmt == "json":
+            print(json.dumps({"file": r["key"], **doc}, ensure_ascii=False))
+        elif fmt in ("srt", "vtt"):
+            print((timestamps.to_srt if fmt == "srt" else timestamps.to_vtt)(doc), end="")
+        else:
+            print(f"{r['key']}\t{r['hyp']}")
+    flagged = [r["key"] for r in result.rows if r.get("flags")]
+    if flagged:
+        print(f"westkit: flagged (see the JSON's flags): {', '.join(flagged[:5])}"
+              + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else ""), file=sys.stderr)
+    where = f", outputs in {args.out_dir}" if args.out_dir else ""
+    print(f"westkit: {len(result.rows)} files, {result.audio_seconds:.1f} s of audio, "
+          f"RTF {result.rtf:.3f} ({args.backend}){where}", file=sys.stderr)
     return 0
 
 

@@ -9,7 +9,8 @@ Models: ``--whisper`` / ``--west`` take ``NAME=PATH`` entries (a plain PATH name
 path). A Whisper model is an asset name, hub id or folder; a WeST model is a training run folder
 (``trainable.safetensors`` + ``config.yaml``) or ``--weights FILE --config YAML``. Whisper models
 whose encoders are byte-identical (every WhisTLE model keeps its base encoder) share one
-encoder pass per batch; only their decoders run per model.
+encoder pass per batch; only their decoders run per model. ``--backend ctranslate2`` runs
+Whisper models with CTranslate2 instead of transformers (`westkit.decode.ct2`).
 
 Sets: each ``--shards`` entry (a shard folder or built-in corpus name) and each ``--jsonl``
 (``{"key", "audio" or "wav": path, "text"}`` per line) is one set; ``--audio`` files are the set
@@ -46,7 +47,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from westkit.decode import guards, longform, ranks, timestamps
+from westkit.decode import ct2, guards, longform, ranks, timestamps
 from westkit.decode.recognizers import WestRecognizer, WhisperRecognizer
 from westkit.decode.search import GenerateConfig
 from westkit.decode.scoring import score
@@ -191,7 +192,8 @@ def load_models(specs, args, gen, device, dtype) -> dict:
     for name, kind, path in specs:
         log.info("loading %s model %s (%s)", kind, name, path or args.weights)
         if kind == "whisper":
-            models[name] = WhisperRecognizer.load(path, gen, device, dtype, args.language)
+            models[name] = ct2.whisper_recognizer(path, gen, args.backend, device, dtype, args.compute_type,
+                                                  args.language)
         else:
             models[name] = WestRecognizer.load(path, args.weights, args.config, gen, device, dtype, args.set)
     return models
@@ -241,7 +243,7 @@ def decode(models: dict, groups: list[list[str]], batches, device, guard_cfg: gu
                     start = time.perf_counter()
                     rows[name] += _longform_rows(models[name], batch, guard_cfg)
                     seconds[name] += time.perf_counter() - start
-            elif isinstance(first, WhisperRecognizer):
+            elif isinstance(first, (WhisperRecognizer, ct2.Ct2WhisperRecognizer)):
                 states = first.encode(dev_audio, dev_lens)
                 shared = time.perf_counter() - start
                 for name in group:
@@ -373,6 +375,10 @@ def parse_args(argv=None):
     p.add_argument("--base-tokens", type=int, default=GenerateConfig.base_tokens)
     p.add_argument("--max-new-tokens", type=int, default=GenerateConfig.max_new_tokens)
     p.add_argument("--language", help="Whisper only: language code for multilingual models")
+    p.add_argument("--backend", choices=ct2.BACKENDS, default="transformers",
+                   help="Whisper only: ctranslate2 runs faster-whisper's runtime (converted once, cached)")
+    p.add_argument("--compute-type", choices=ct2.COMPUTE_TYPES,
+                   help="--backend ctranslate2: default int8 on CPU, float16 on GPU")
     p.add_argument("--word-timestamps", action="store_true",
                    help="Whisper only: whole files of any length (VAD windows), word times and confidence, "
                         "subtitles/KEY.{json,srt,vtt}")

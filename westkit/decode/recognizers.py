@@ -138,6 +138,19 @@ class WhisperRecognizer:
     def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor, everyone_done: Done = None) -> list[Transcript]:
         return self.decode_states(self.encode(audio, audio_lens), audio_lens, everyone_done)
 
+    @property
+    def device(self) -> torch.device:
+        """Where audio for `encode` goes."""
+        return self.whisper.proj_out.weight.device
+
+    def words(self, states: torch.Tensor, audio_lens: torch.Tensor, transcripts: list[Transcript],
+              offsets: list[float] | None = None):
+        """Word times and confidences of ``transcripts`` decoded from ``states``
+        (`westkit.decode.timestamps.whisper_words`)."""
+        from westkit.decode import timestamps
+
+        return timestamps.whisper_words(self, states, audio_lens, transcripts, offsets)
+
 
 def west_files(run, weights, config) -> tuple[str, str]:
     """(weights, config) of a west run folder or of the explicit files; ValueError if missing."""
