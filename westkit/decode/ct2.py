@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from westkit.decode.recognizers import Transcript
+from westkit.decode.recognizers import Transcript, whisper_prefix
 from westkit.decode.search import GenerateConfig, token_budget
 from westkit.models.features import LogMel
 
@@ -93,13 +93,8 @@ class Ct2WhisperRecognizer:
 
     def __init__(self, model, tokenizer, gen: GenerateConfig, n_mels: int, median_filter_width: int = 7,
                  language: str | None = None):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.gen = gen
-        if language:
-            tokenizer.set_prefix_tokens(language=language, task="transcribe")
-        self.prefix = list(tokenizer.prefix_tokens)
-        self.eot = tokenizer.eos_token_id
+        self.model, self.tokenizer, self.gen = model, tokenizer, gen
+        self.prefix, self.eot = whisper_prefix(tokenizer, language), tokenizer.eos_token_id
         self.suppress = list(range(self.eot + 1, len(tokenizer)))  # special tokens after the end token
         self.logmel = LogMel(n_mels)
         self.median_filter_width = median_filter_width

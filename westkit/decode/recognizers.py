@@ -101,12 +101,8 @@ class WhisperRecognizer:
         from westkit.models.whisper import WhisperAudioEncoder
 
         self.whisper = whisper.eval()
-        self.tokenizer = tokenizer
-        self.gen = gen
-        if language:
-            tokenizer.set_prefix_tokens(language=language, task="transcribe")
-        self.prefix = list(tokenizer.prefix_tokens)
-        self.eot = tokenizer.eos_token_id
+        self.tokenizer, self.gen = tokenizer, gen
+        self.prefix, self.eot = whisper_prefix(tokenizer, language), tokenizer.eos_token_id
         self.encoder = WhisperAudioEncoder(whisper.model.encoder, pad_to_30s=True)
 
     @classmethod
@@ -150,6 +146,14 @@ class WhisperRecognizer:
         from westkit.decode import timestamps
 
         return timestamps.whisper_words(self, states, audio_lens, transcripts, offsets)
+
+
+def whisper_prefix(tokenizer, language: str | None = None) -> list[int]:
+    """The decoder's start ids: ``<|startoftranscript|>`` (+ ``<|lang|><|transcribe|>`` for a
+    multilingual model given ``language``) ``<|notimestamps|>``."""
+    if language:
+        tokenizer.set_prefix_tokens(language=language, task="transcribe")
+    return list(tokenizer.prefix_tokens)
 
 
 def west_files(run, weights, config) -> tuple[str, str]:
