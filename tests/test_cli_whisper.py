@@ -96,7 +96,8 @@ def test_transcribe_evaluate_compare_on_real_speech(whisper_tiny_path, pairs, tm
 @pytest.fixture(scope="module")
 def three_minutes(tmp_path_factory):
     """A 3-minute recording of real speech: Asterisk prompts (one speaker, G.722 telephone audio)
-    joined with pauses of 0.4-1.2 s; returns (wav path, [(start s, end s, transcript)] per prompt)."""
+    joined with pauses of 0.4-1.2 s, a few of them tones ("[descending tones]"); returns (wav path,
+    [(start s, end s, transcript)] per prompt)."""
     import gzip
     import random
     import subprocess
@@ -108,7 +109,7 @@ def three_minutes(tmp_path_factory):
         pytest.skip("asterisk-core-sounds-en-g722 not installed")
     refs = dict(line.split(": ", 1) for line in
                 gzip.open("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz", "rt") if ": " in line)
-    names = sorted(p.stem for p in ASTERISK.glob("*.g722") if p.stem in refs and "[" not in refs[p.stem])  # speech only
+    names = sorted(p.stem for p in ASTERISK.glob("*.g722") if p.stem in refs)
     rng = random.Random(0)
     rng.shuffle(names)
     parts, spans, t = [], [], 0
@@ -138,22 +139,23 @@ def test_transcribe_word_timestamps_on_a_three_minute_recording(whisper_tiny_pat
     from westkit.decode.scoring import score
 
     wav, spans = three_minutes
+    speech = [s for s in spans if "[" not in s[2]]  # the tones have no words
     out = tmp_path / "out"
     assert cli.main(["transcribe", str(wav), "--model", whisper_tiny_path, "--word-timestamps", "--json",
                      "--out-dir", str(out)]) == 0
     stdout, err = capsys.readouterr()
     doc = json.loads(stdout)
     assert "RTF" in err and doc["audio_duration"] == pytest.approx(spans[-1][1], abs=1.3)
-    assert score([" ".join(s[2] for s in spans)], [doc["text"]]).wer < 0.2
+    assert score([" ".join(s[2] for s in speech)], [doc["text"]]).wer < 0.2
     words = doc["words"]
     assert all(0 <= w["start"] <= w["end"] for w in words) and all(0 < w["confidence"] <= 1 for w in words)
     assert all(a["end"] <= b["start"] for a, b in zip(words, words[1:]))  # monotonic, no overlap
     # utterances get words, and words sit inside an utterance (0.3 s of slack); without the
-    # long-form seek (`longform._unheard`) Whisper ended one 30 s window after its first word
-    # and 7 of these 54 utterances got none (with it: 2, one-word prompts whose word DTW placed
-    # over 0.3 s off)
-    heard = [any(a - 0.3 <= w["start"] and w["end"] <= b + 0.3 for w in words) for a, b, _ in spans]
-    assert np.mean(heard) >= 0.9, [s[2] for s, h in zip(spans, heard) if not h]
+    # long-form seek (`longform._unheard`) Whisper ends one 30 s window here after its first
+    # word: 41 of the 53 spoken utterances get words and WER is 17.6%; with it 51 and 2.2%
+    heard = [any(a - 0.3 <= w["start"] and w["end"] <= b + 0.3 for w in words) for a, b, _ in speech]
+    assert np.mean(heard) >= 0.9, [s[2] for s, h in zip(speech, heard) if not h]
+    assert any("resumed" in s["flags"] for s in doc["segments"])
     inside = [any(a - 0.3 <= w["start"] and w["end"] <= b + 0.3 for a, b, _ in spans) for w in words]
     assert np.mean(inside) > 0.95
     assert abs(words[0]["start"] - spans[0][0]) < 0.5 and abs(words[-1]["end"] - spans[-1][1]) < 0.5
