@@ -139,6 +139,8 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "sbatch slurm/west.sh": Skip(SLURM + "; 2 nodes x 8 GPUs"),
         "sbatch slurm/tle.sh": Skip(SLURM + "; 8 GPUs"),
         "sbatch slurm/toy.sh": Skip(SLURM),
+        "sbatch slurm/recognize.sh --west exp/west_large --shards /data/test --out exp/dec": Skip(
+            SLURM + "; tests/slurm runs slurm/recognize.sh on 2 nodes against one process"),
         "python launch/submit.py --nodes 2 --gpus-per-node 8 --partition gpu --time 720 recipes/west/train.py "
         "--config recipes/west/conf/large.yaml --out /shared/exp/west1": Skip(SLURM + "; GPUs, large.yaml's hub models"),
         "CONFIG=recipes/west/conf/tiny.yaml OUT_DIR=/shared/exp/west_tiny sbatch --partition=gpu --account=speech "

@@ -128,6 +128,30 @@ def test_tle_sbatch_two_nodes_both_stages(cluster, tmp_path):
     assert (out_dir / "adapt" / "hf" / "config.json").is_file()
 
 
+@pytest.mark.slow
+def test_recognize_sbatch_two_nodes_equals_one_process(cluster, tmp_path):
+    """slurm/recognize.sh decodes a test set on 2 nodes; the report equals one process's."""
+    from westkit.data import corpora
+    from westkit.decode import recognize
+
+    shards = str(corpora.make("asterisk-test", limit=6, progress=False))
+    args = ["--whisper", "tiny=whisper-tiny.en", "--shards", shards, "--batch-size", "2", "--num-workers", "0"]
+    assert recognize.main(args + ["--out", str(tmp_path / "one")]) == 0
+    job = cluster.sbatch(ROOT / "slurm" / "recognize.sh", *args, "--out", str(tmp_path / "two"), cwd=tmp_path,
+                         options=LOCAL_OPTS)
+    info = cluster.wait(job, timeout=420)
+    text = log_text(tmp_path / f"slurm-westkit-recognize-{job}.out")
+    assert info["JobState"] == "COMPLETED", tail(text)
+    assert "on 2 node(s)" in text, tail(text)
+    one, two = ((tmp_path / d / "hyps.jsonl").read_text().splitlines() for d in ("one", "two"))
+    assert len(one) == 6 and [json.loads(r)["hyp"] for r in two] == [json.loads(r)["hyp"] for r in one]
+    report = [json.loads((tmp_path / d / "wer.json").read_text()) for d in ("one", "two")]
+    for r in report:  # what may differ: timings, and the options (the --out folder)
+        for k in ("decode_seconds", "rtf", "options"):
+            r.pop(k)
+    assert report[0] == report[1] and report[0]["all"]["ref_words"] == 30, report
+
+
 def submit(cluster, tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
     out = cluster.run(sys.executable, str(ROOT / "launch" / "submit.py"),
                       "--folder", str(tmp_path / "submitit" / "%j"), *args, cwd=tmp_path,
