@@ -8,8 +8,9 @@
    touching its neighbours. Audio between windows is silence by the VAD's verdict; nothing
    with speech in it is dropped, and the windows are reported in ``segments``.
 3. `transcribe`: every window of every file is decoded in length-sorted batches of
-   ``batch_size`` windows with a `WhisperRecognizer`, word times come from
-   `westkit.decode.timestamps.whisper_words`, are shifted by the window's start and (``snap``)
+   ``batch_size`` windows with a recognizer's ``decode_words`` (`WhisperRecognizer`: the
+   alignment heads' cross-attention; `WestRecognizer`: the LLM's attention over the audio
+   embeddings, `westkit.decode.timestamps`), word times are shifted by the window's start and (``snap``)
    shrunk off the window's quiet frames (`westkit.decode.timestamps.snap_to_speech`).
 
 Words come out in time order, never overlapping (each window's DTW path is monotonic, windows
@@ -105,11 +106,8 @@ def transcribe(rec, audios: list[np.ndarray], cfg: LongformConfig | None = None,
         audio = torch.zeros(len(chunk), int(lens.max()))
         for r, (f, a, b) in enumerate(chunk):
             audio[r, :b - a] = torch.from_numpy(audios[f][a:b])
-        device = rec.whisper.proj_out.weight.device
-        audio, lens = audio.to(device), lens.to(device)
-        states = rec.encode(audio, lens)
-        outs = rec.decode_states(states, lens)
-        words = ts.whisper_words(rec, states, lens, outs, [a / SAMPLE_RATE for _, a, _ in chunk])
+        audio, lens = audio.to(rec.device), lens.to(rec.device)
+        outs, words = rec.decode_words(audio, lens, [a / SAMPLE_RATE for _, a, _ in chunk])
         for (f, a, b), t, w in zip(chunk, outs, words):
             if cfg.snap:
                 ts.snap_to_speech(w, audios[f][a:b], a / SAMPLE_RATE)
