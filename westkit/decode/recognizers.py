@@ -76,12 +76,11 @@ class WestRecognizer:
                  prompts=None) -> list[Transcript]:
         """audio (B, T) zero-padded at 16 kHz, audio_lens (B,) -> one `Transcript` per row.
         ``prompts``: per-row (prefix, suffix) ids (a batch's "prompts"), else the fixed prompt."""
-        emb, n = self.model.audio_embeddings(audio, audio_lens)
-        return self._search(emb, n, audio_lens, everyone_done, prompts)
+        return self._search(self.model.prompt_inputs(audio, audio_lens, prompts=prompts), audio_lens, everyone_done)
 
-    def _search(self, emb, n, audio_lens, everyone_done: Done = None, prompts=None) -> list[Transcript]:
+    def _search(self, inputs: dict, audio_lens, everyone_done: Done = None) -> list[Transcript]:
         m = self.model
-        step = LLMStep(m.llm, m.embed_prompt(emb, n, prompts=prompts))
+        step = LLMStep(m.llm, inputs)
         outs = search(step, token_budget(audio_lens, self.gen), m.prompt.stop_ids, self.gen, everyone_done)
         return [Transcript(m.prompt.decode(o.ids), o.ids, o.hit_limit, o.logprobs) for o in outs]
 
@@ -94,7 +93,7 @@ class WestRecognizer:
             raise ValueError("word timestamps of a WeST model need its alignment heads: run "
                              "python -m westkit.decode.align_heads --west RUN (writes RUN/alignment_heads.json)")
         emb, n = self.model.audio_embeddings(audio, audio_lens)
-        outs = self._search(emb, n, audio_lens)
+        outs = self._search(self.model.embed_prompt(emb, n), audio_lens)
         return outs, west_words(self, emb, n, outs, offsets)
 
     def batch_prompts(self, batch: dict):
