@@ -112,7 +112,7 @@ def test_head_selection_picks_the_planted_aligned_head():
     assert heads.heads[0] == (1, 2)  # the best head is the aligned one, not the sharp decoy
     top = heads.info["top_scores"]
     assert top[0][:2] == [1, 2] and top[0][2] > 0.5 > heads.info["chance"]
-    assert heads.info["mean_score"] < top[0][2]
+    assert heads.info["mean_score"] < top[0][2] and 0 < heads.info["audio_share_mean"] <= 1
     # DTW over the chosen heads times the words to within a position or two
     best = heads.info["dtw_trials"][f"k{len(heads.heads)}_w{heads.median_filter_width}"]
     assert best["mae_ms"] < 150 and best["mae_ms"] < heads.info["dtw_trials"]["all_w1"]["mae_ms"]

@@ -83,15 +83,17 @@ def dtw_error(data: list[dict], heads: list[int], width: int, seconds: float) ->
 def select(data: list[dict], n_heads: int, seconds: float, ks=(1, 2, 4, 8, 16), widths=(1, 3)) -> ts.WestHeads:
     """Score every head (`timestamps.head_scores`, token-weighted over ``data``), then keep the
     (k best heads, median width) with the lowest DTW error. ``n_heads``: heads per layer."""
-    total, tokens, chance = None, 0, 0.0
+    total, share, tokens, chance = None, None, 0, 0.0
     for d in data:
         n = len(d["token_word"])
         inside = ts.span_mask(d["spans"], d["token_word"], d["att"].shape[-1], seconds)
         sc = ts.head_scores(d["att"][:, :n].double(), inside) * n
+        on_audio = d["att"][:, :n].double().sum(-1).sum(-1)  # (K,) attention on the audio at all
         total = sc if total is None else total + sc
+        share = on_audio if share is None else share + on_audio
         tokens += n
         chance += float(inside.double().mean(-1).sum())
-    scores = (total / tokens).numpy()
+    scores, share = (total / tokens).numpy(), (share / tokens).numpy()
     order = np.argsort(-scores)
     trials = {}
     for k in ks:
@@ -103,6 +105,9 @@ def select(data: list[dict], n_heads: int, seconds: float, ks=(1, 2, 4, 8, 16), 
     info = {"score": "mean share of a token's audio attention on its own word's true span",
             "chance": round(chance / tokens, 4), "mean_score": round(float(scores.mean()), 4),
             "top_scores": [[*divmod(int(h), n_heads), round(float(scores[h]), 4)] for h in order[:16]],
+            # how much of a token's attention goes to the audio at all (the rest: prompt, text)
+            "audio_share_mean": round(float(share.mean()), 4), "audio_share_max": round(float(share.max()), 4),
+            "audio_share_top": [round(float(share[h]), 4) for h in order[:16]],
             "dtw_trials": trials, "utterances": len(data), "tokens": tokens}
     return ts.WestHeads(pairs, best["width"], info)
 
@@ -146,7 +151,9 @@ def main(argv=None) -> int:
     heads.save(out)
     i = heads.info
     print(f"{i['utterances']} utterances, {i['tokens']} tokens; head score (share of attention on the "
-          f"token's word): chance {i['chance']}, mean over heads {i['mean_score']}, best {i['top_scores'][:4]}")
+          f"token's word): chance {i['chance']}, mean over heads {i['mean_score']}, best {i['top_scores'][:4]}; "
+          f"attention on the audio at all: mean {i['audio_share_mean']}, most {i['audio_share_max']}, "
+          f"best heads {i['audio_share_top'][:4]}")
     for name, t in i["dtw_trials"].items():
         print(f"  {name}: start {t['start_mae_ms']} ms, end {t['end_mae_ms']} ms")
     print(f"chose {len(heads.heads)} heads {heads.heads}, median width {heads.median_filter_width} -> {out}")
