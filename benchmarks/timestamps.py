@@ -1,7 +1,7 @@
 """Word-timestamp accuracy and confidence quality of Whisper and WeST models on speech with known timings.
 
     python benchmarks/timestamps.py --out exp/ts_bench [--sentences 8] [--voices en-us en-gb ...] [--seed 0]
-    python benchmarks/timestamps.py --out exp/ts_base --model whisper-base
+    python benchmarks/timestamps.py --out exp/ts_base --model whisper-base --language en
     python benchmarks/timestamps.py --out exp/ts_west --west exp/west_ts --methods westkit westkit-nosnap even-spread
 
 Data: the first ``--sentences`` lines of westkit's ``general.txt`` sentence list, each spoken by
@@ -80,7 +80,7 @@ def add_noise(u, snr_db: float, seed: int) -> np.ndarray:
     return (u.audio + sigma * np.random.default_rng(seed).standard_normal(len(u.audio))).astype(np.float32)
 
 
-def transformers_words(rec, utts, batch_size: int) -> list[list[ts.Word]]:
+def transformers_words(rec, utts, batch_size: int, language: str | None = None) -> list[list[ts.Word]]:
     """transformers' own token timestamps, grouped into words like ours."""
     from transformers import WhisperFeatureExtractor
 
@@ -89,8 +89,9 @@ def transformers_words(rec, utts, batch_size: int) -> list[list[ts.Word]]:
     for i in range(0, len(utts), batch_size):
         chunk = utts[i:i + batch_size]
         f = fe([u.audio for u in chunk], sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
+        lang = {"language": language, "task": "transcribe"} if language else {}
         g = rec.whisper.generate(f.input_features, attention_mask=f.attention_mask, return_token_timestamps=True,
-                                 return_dict_in_generate=True)
+                                 return_dict_in_generate=True, **lang)
         for seq, tt in zip(g["sequences"].tolist(), g["token_timestamps"].tolist()):
             body = [t for t in seq if t < rec.eot]
             first = seq.index(body[0]) if body else 1
@@ -208,6 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-confidence", type=float, default=0.7)
     p.add_argument("--model", default="whisper-tiny.en", help="a Whisper asset name, hub id or folder")
     p.add_argument("--west", metavar="RUN", help="measure this WeST run instead of --model")
+    p.add_argument("--language", help="a multilingual Whisper's language (whisper-base: en); without it, its "
+                   "decoder starts with no language token and recognises poorly")
     p.add_argument("--snr", type=float, nargs="+", default=[float("inf"), 20.0],
                    help="conditions: white noise at this SNR (dB, over the speech's power) added; inf = clean")
     p.add_argument("--methods", nargs="+", default=["westkit", "westkit-nosnap", "westkit+vad", "transformers"])
@@ -233,7 +236,7 @@ def main(argv=None) -> int:
         if rec.heads is None:
             p.error(f"--west {args.west}: no {ts.HEADS_FILE}; run python -m westkit.decode.align_heads --west {args.west}")
     else:
-        rec = WhisperRecognizer.load(args.model, GenerateConfig(), torch.device("cpu"), torch.float32)
+        rec = WhisperRecognizer.load(args.model, GenerateConfig(), torch.device("cpu"), torch.float32, args.language)
     cfg = longform.LongformConfig(batch_size=args.batch_size)
     clean = utts
     results = {}
@@ -244,7 +247,7 @@ def main(argv=None) -> int:
             "westkit": lambda: longform.transcribe(rec, audios, cfg, whole),
             "westkit-nosnap": lambda: longform.transcribe(rec, audios, dataclasses.replace(cfg, snap=False), whole),
             "westkit+vad": lambda: longform.transcribe(rec, audios, cfg),
-            "transformers": lambda: transformers_words(rec, utts, args.batch_size),
+            "transformers": lambda: transformers_words(rec, utts, args.batch_size, args.language),
             "even-spread": lambda: longform.transcribe(EvenSpread(rec), audios, cfg, whole),
             "forced": lambda: forced_words(rec, utts, args.batch_size),
             "forced-nosnap": lambda: forced_words(rec, utts, args.batch_size, snap=False),

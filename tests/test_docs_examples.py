@@ -236,8 +236,8 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "--out exp/west_ts/dec": Skip(BENCH + " (scores the WeST run above)"),
         "python benchmarks/timestamps.py --out exp/ts_west --west exp/west_ts --sentences 6 --voices en-us en-gb "
         "en-gb-scotland en-us+f3 --methods westkit westkit-nosnap forced forced-nosnap forced-even forced-even-nosnap": Skip(BENCH),
-        "python benchmarks/timestamps.py --out exp/ts_base --model whisper-base --sentences 6 --voices en-us en-gb "
-        "en-gb-scotland en-us+f3": Skip(BENCH),
+        "python benchmarks/timestamps.py --out exp/ts_base --model whisper-base --language en --sentences 6 --voices "
+        "en-us en-gb en-gb-scotland en-us+f3 --methods westkit westkit-nosnap transformers": Skip(BENCH),
     },
     "whisper.md": {
         "python recipes/whisper/train.py --config recipes/whisper/conf/tiny.yaml --out exp/whisper/tiny_lora "
