@@ -73,10 +73,10 @@ def main():
                     rec = recs[name]
                     audio, lens = b["audio"].to(rec.device), b["audio_lens"].to(rec.device)
                     start = time.perf_counter()
-                    states = rec.encode(audio, lens)
-                    outs = rec.decode_states(states, lens)
                     if args.word_timestamps:
-                        rec.words(states, lens, outs)
+                        outs, _ = rec.decode_words(audio, lens)
+                    else:
+                        outs = rec.decode_states(rec.encode(audio, lens), lens)
                     if torch.cuda.is_available():
                         torch.cuda.synchronize()
                     seconds[name] += time.perf_counter() - start

@@ -1,6 +1,8 @@
-"""Word-timestamp accuracy and confidence quality of whisper-tiny.en on speech with known timings.
+"""Word-timestamp accuracy and confidence quality of Whisper and WeST models on speech with known timings.
 
     python benchmarks/timestamps.py --out exp/ts_bench [--sentences 8] [--voices en-us en-gb ...] [--seed 0]
+    python benchmarks/timestamps.py --out exp/ts_base --model whisper-base --language en
+    python benchmarks/timestamps.py --out exp/ts_west --west exp/west_ts --methods westkit westkit-nosnap even-spread
 
 Data: the first ``--sentences`` lines of westkit's ``general.txt`` sentence list, each spoken by
 every voice with `westkit.decode.aligned_speech.make_utterance` (words synthesised one at a
@@ -13,7 +15,16 @@ Methods, on the same audio:
 * ``westkit-nosnap``: the same without the snap of word edges to loud frames (DTW alone);
 * ``westkit+vad``: the same through the long-form path (silero-vad windows);
 * ``transformers``: ``WhisperForConditionalGeneration.generate(return_token_timestamps=True)``
-  on the feature extractor's 30 s features, words grouped by the same `split_words`.
+  on the feature extractor's 30 s features, words grouped by the same `split_words` (Whisper only);
+* ``forced`` (WeST only): the *reference* transcript teacher-forced through the chosen heads
+  (forced alignment), then the snap: the attention's timing whatever the model recognises;
+  ``forced-even`` the same transcript with its tokens spread evenly (no attention), then the snap;
+  ``-nosnap`` variants of both without the snap;
+* ``even-spread``: a baseline without attention: the same hypotheses, their tokens spread evenly
+  over the window, then the snap; what attention adds is the gap between it and ``westkit``.
+
+``--west RUN`` measures a WeST run (its ``alignment_heads.json``, `westkit.decode.align_heads`)
+instead of the Whisper ``--model``.
 Hypothesis words are matched to reference words (normalised, difflib matching blocks); start
 and end errors are measured on matched words. Confidence: AUC of "word is wrong" against
 (1 - confidence) over all hypothesis words (a word is wrong when it is not matched), and WER of
@@ -69,7 +80,7 @@ def add_noise(u, snr_db: float, seed: int) -> np.ndarray:
     return (u.audio + sigma * np.random.default_rng(seed).standard_normal(len(u.audio))).astype(np.float32)
 
 
-def transformers_words(rec, utts, batch_size: int) -> list[list[ts.Word]]:
+def transformers_words(rec, utts, batch_size: int, language: str | None = None) -> list[list[ts.Word]]:
     """transformers' own token timestamps, grouped into words like ours."""
     from transformers import WhisperFeatureExtractor
 
@@ -78,8 +89,9 @@ def transformers_words(rec, utts, batch_size: int) -> list[list[ts.Word]]:
     for i in range(0, len(utts), batch_size):
         chunk = utts[i:i + batch_size]
         f = fe([u.audio for u in chunk], sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
+        lang = {"language": language, "task": "transcribe"} if language else {}
         g = rec.whisper.generate(f.input_features, attention_mask=f.attention_mask, return_token_timestamps=True,
-                                 return_dict_in_generate=True)
+                                 return_dict_in_generate=True, **lang)
         for seq, tt in zip(g["sequences"].tolist(), g["token_timestamps"].tolist()):
             body = [t for t in seq if t < rec.eot]
             first = seq.index(body[0]) if body else 1
@@ -87,6 +99,46 @@ def transformers_words(rec, utts, batch_size: int) -> list[list[ts.Word]]:
             # token_timestamps[i] is where token i ends, so token i starts at [i - 1]
             starts = np.asarray(tt[first - 1:first + len(body)] + [tt[-1]] * 2)[:len(body) + 1]
             out.append(ts.words_from_tokens(rec.tokenizer, body, starts, []))
+    return out
+
+
+class EvenSpread:
+    """A recognizer's transcripts with their tokens spread evenly over the window: the
+    no-attention baseline (``decode_words`` as `westkit.decode.longform` calls it)."""
+
+    def __init__(self, rec):
+        self.rec, self.device = rec, rec.device
+        self.tokenizer = rec.tokenizer if hasattr(rec, "tokenizer") else rec.model.prompt.tokenizer
+
+    def decode_words(self, audio, lens, offsets):
+        outs = self.rec(audio, lens)
+        words = [ts.words_from_tokens(self.tokenizer, t.ids, np.linspace(0, n / SAMPLE_RATE, len(t.ids) + 1),
+                                      t.logprobs, off, off + n / SAMPLE_RATE)
+                 for t, n, off in zip(outs, lens.tolist(), offsets)]
+        return outs, words
+
+
+def forced_words(rec, utts, batch_size: int, even: bool = False, snap: bool = True) -> list[list[ts.Word]]:
+    """WeST: each reference transcript teacher-forced through the run's heads (``even``: its
+    tokens spread evenly over the audio instead, the no-attention baseline), then snapped."""
+    from westkit.decode.recognizers import Transcript
+
+    m, out = rec.model, []
+    for i in range(0, len(utts), batch_size):
+        chunk = utts[i:i + batch_size]
+        lens = torch.tensor([len(u.audio) for u in chunk])
+        audio = torch.zeros(len(chunk), int(lens.max()))
+        for r, u in enumerate(chunk):
+            audio[r, :len(u.audio)] = torch.from_numpy(u.audio)
+        with torch.no_grad():
+            emb, n = m.audio_embeddings(audio, lens)
+        refs = [Transcript(u.text, m.prompt.target(u.text)[:-1], False, []) for u in chunk]
+        timed = ([ts.words_from_tokens(m.prompt.tokenizer, t.ids, np.linspace(0, len(u.audio) / SAMPLE_RATE, len(t.ids) + 1), [])
+                  for t, u in zip(refs, chunk)] if even else ts.west_words(rec, emb, n, refs))
+        for u, words in zip(chunk, timed):
+            if snap:
+                ts.snap_to_speech(words, u.audio)
+            out.append(words)
     return out
 
 
@@ -118,14 +170,15 @@ def evaluate(utts, words_per_utt, min_conf: float) -> dict:
     def wer(pairs):
         return None if not pairs else round(score([p[0] for p in pairs], [p[1] for p in pairs]).wer, 4)
     rng = np.random.default_rng(0)
-    boot = {"start_mae_ms": [], "end_mae_ms": [], "within_100ms": []}
+    boot = {"start_mae_ms": [], "end_mae_ms": [], "within_50ms": [], "within_100ms": [], "within_200ms": []}
     for _ in range(1000):  # utterances resampled with replacement
         pick = [per_utt[i] for i in rng.integers(0, len(per_utt), len(per_utt))]
         bs, be = np.concatenate([p[1] for p in pick] or [[]]), np.concatenate([p[2] for p in pick] or [[]])
         if bs.size:
             boot["start_mae_ms"].append(1000 * bs.mean())
             boot["end_mae_ms"].append(1000 * be.mean())
-            boot["within_100ms"].append((np.maximum(bs, be) <= 0.1).mean())
+            for c in (50, 100, 200):
+                boot[f"within_{c}ms"].append((np.maximum(bs, be) <= c / 1000).mean())
     ci = {f"{k}_ci95": [round(float(np.percentile(v, 2.5)), 3), round(float(np.percentile(v, 97.5)), 3)]
           for k, v in boot.items() if v}
     voices = sorted({p[0] for p in per_utt})
@@ -154,13 +207,21 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--min-confidence", type=float, default=0.7)
-    p.add_argument("--model", default="whisper-tiny.en")
+    p.add_argument("--model", default="whisper-tiny.en", help="a Whisper asset name, hub id or folder")
+    p.add_argument("--west", metavar="RUN", help="measure this WeST run instead of --model")
+    p.add_argument("--language", help="a multilingual Whisper's language (whisper-base: en); without it, its "
+                   "decoder starts with no language token and recognises poorly")
     p.add_argument("--snr", type=float, nargs="+", default=[float("inf"), 20.0],
                    help="conditions: white noise at this SNR (dB, over the speech's power) added; inf = clean")
     p.add_argument("--methods", nargs="+", default=["westkit", "westkit-nosnap", "westkit+vad", "transformers"])
     args = p.parse_args(argv)
-    from westkit.decode.recognizers import WhisperRecognizer
+    from westkit.decode.recognizers import WestRecognizer, WhisperRecognizer
     from westkit.decode.search import GenerateConfig
+
+    if args.west and "transformers" in args.methods:
+        p.error("--west: the transformers method is Whisper's own; leave it out of --methods")
+    if not args.west and any(m.startswith("forced") for m in args.methods):
+        p.error("--methods forced: WeST runs only (--west RUN)")
 
     torch.manual_seed(args.seed)
     lines = (Path(__file__).resolve().parents[1] / "westkit/data/sentences/general.txt").read_text().splitlines()
@@ -170,7 +231,12 @@ def main(argv=None) -> int:
             enumerate((t, v) for v in args.voices for t in texts)]
     print(f"{len(utts)} utterances, {sum(len(u.audio) for u in utts) / SAMPLE_RATE:.1f} s, "
           f"{sum(len(u.words) for u in utts)} words, synthesised in {time.perf_counter() - t0:.1f} s")
-    rec = WhisperRecognizer.load(args.model, GenerateConfig(), torch.device("cpu"), torch.float32)
+    if args.west:
+        rec = WestRecognizer.load(args.west, None, None, GenerateConfig(), torch.device("cpu"), torch.float32)
+        if rec.heads is None:
+            p.error(f"--west {args.west}: no {ts.HEADS_FILE}; run python -m westkit.decode.align_heads --west {args.west}")
+    else:
+        rec = WhisperRecognizer.load(args.model, GenerateConfig(), torch.device("cpu"), torch.float32, args.language)
     cfg = longform.LongformConfig(batch_size=args.batch_size)
     clean = utts
     results = {}
@@ -181,25 +247,31 @@ def main(argv=None) -> int:
             "westkit": lambda: longform.transcribe(rec, audios, cfg, whole),
             "westkit-nosnap": lambda: longform.transcribe(rec, audios, dataclasses.replace(cfg, snap=False), whole),
             "westkit+vad": lambda: longform.transcribe(rec, audios, cfg),
-            "transformers": lambda: transformers_words(rec, utts, args.batch_size),
+            "transformers": lambda: transformers_words(rec, utts, args.batch_size, args.language),
+            "even-spread": lambda: longform.transcribe(EvenSpread(rec), audios, cfg, whole),
+            "forced": lambda: forced_words(rec, utts, args.batch_size),
+            "forced-nosnap": lambda: forced_words(rec, utts, args.batch_size, snap=False),
+            "forced-even": lambda: forced_words(rec, utts, args.batch_size, even=True),
+            "forced-even-nosnap": lambda: forced_words(rec, utts, args.batch_size, even=True, snap=False),
         }
         cond = "clean" if snr == float("inf") else f"snr{snr:g}"
         for name in args.methods:
             t0 = time.perf_counter()
             got = runs[name]()
             seconds = round(time.perf_counter() - t0, 1)
-            words = got if name == "transformers" else [[ts.Word(**w) for w in r["words"]] for r in got]
+            words = got if name == "transformers" or name.startswith("forced") else [[ts.Word(**w) for w in r["words"]] for r in got]
             r = evaluate(utts, words, args.min_confidence) | {"seconds": seconds}
-            if name == "transformers":  # no log-probs through this path: confidence is not measured
+            if name == "transformers" or name.startswith("forced"):  # no log-probs of the model's own choice: no confidence
                 r.update(error_auc=None, wer_kept=None, wer_flagged=None, kept_utts=None, flagged_utts=None)
             results[f"{cond}/{name}"] = r
             print(cond, name, json.dumps(r), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"sentences": texts, "voices": args.voices, "seed": args.seed, "model": args.model, "snr": args.snr,
+    meta = {"sentences": texts, "voices": args.voices, "seed": args.seed, "model": args.west or args.model,
+            "snr": args.snr, "heads": None if not args.west else [list(h) for h in rec.heads.heads],
             "utterances": len(utts), "audio_seconds": round(sum(len(u.audio) for u in utts) / SAMPLE_RATE, 1)}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str) + "\n")
-    keys = ["matched_words", "start_mae_ms", "end_mae_ms", "start_bias_ms", "end_bias_ms", "within_50ms", "within_100ms", "within_200ms",
+    keys = ["matched_words", "start_mae_ms", "start_mae_ms_ci95", "end_mae_ms", "end_mae_ms_ci95", "start_bias_ms", "end_bias_ms", "within_50ms", "within_100ms", "within_200ms", "within_100ms_ci95",
             "start_within_50ms", "start_within_100ms", "start_within_200ms", "error_auc", "wer_all", "seconds"]
     print("| method | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, r in results.items():

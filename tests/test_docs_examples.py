@@ -234,6 +234,20 @@ CASES: dict[str, dict[str, Run | Skip]] = {
             "the user's recording; tests/decode/test_timestamps.py runs --word-timestamps on 55 s of real speech"),
         "westkit-recognize --whisper whisper-tiny.en --jsonl test.jsonl --out exp/dec --min-confidence 0.7": Skip(
             "the user's jsonl; tests/decode/test_guards.py and test_timestamps.py run the confidence guard"),
+        "python -m westkit.decode.align_heads --west exp/west_ts": Skip(
+            "needs the 28-minute WeST run below; tests/decode/test_west_timestamps.py runs the selection on planted attention"),
+        "westkit-recognize --west exp/west_ts --audio talk.wav --out exp/talk_west --word-timestamps": Skip(
+            "the user's recording and a trained WeST run; test_west_timestamps.py runs decode_words and the long-form path"),
+        "python recipes/west/train.py --config recipes/west/conf/tiny.yaml --out exp/west_ts \"data.shards=[asterisk-train, "
+        "general-train]\" data.max_batch_seconds=20 data.max_batch_size=8 train.max_steps=150 train.lr=2.0e-3 "
+        "train.warmup_steps=10 train.log_every=5 train.eval_every=0 train.save_every=50 eval.batches=1": Skip(
+            BENCH + " (the 28-minute training of the table's WeST run; west.md runs this recipe at tiny scale)"),
+        "westkit-recognize --west west=exp/west_ts --shards general-test $WESTKIT_HOME/data/asterisk-test-limit60 "
+        "--out exp/west_ts/dec": Skip(BENCH + " (scores the WeST run above)"),
+        "python benchmarks/timestamps.py --out exp/ts_west --west exp/west_ts --sentences 6 --voices en-us en-gb "
+        "en-gb-scotland en-us+f3 --methods westkit westkit-nosnap forced forced-nosnap forced-even forced-even-nosnap": Skip(BENCH),
+        "python benchmarks/timestamps.py --out exp/ts_base --model whisper-base --language en --sentences 6 --voices "
+        "en-us en-gb en-gb-scotland en-us+f3 --methods westkit westkit-nosnap transformers": Skip(BENCH),
     },
     "whisper.md": {
         "python recipes/whisper/train.py --config recipes/whisper/conf/tiny.yaml --out exp/whisper/tiny_lora "

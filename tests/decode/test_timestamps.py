@@ -192,14 +192,6 @@ def test_long_form_covers_the_whole_file_through_recognize(rec, utts, tmp_path):
     assert one["audio_duration"] == pytest.approx(len(utts[0].audio) / SAMPLE_RATE, abs=1e-3)
 
 
-def test_word_timestamps_refuse_west_models_before_loading(capsys):
-    from westkit.decode import recognize
-
-    with pytest.raises(SystemExit):
-        recognize.parse_args(["--west", "runs/x", "--audio", "a.wav", "--out", "o", "--word-timestamps"])
-    assert "--word-timestamps: Whisper models only" in capsys.readouterr().err
-
-
 def test_alignment_of_a_hypothesis_that_fills_the_decoder(tiny_whisper_dir):
     """A tiny random Whisper (64 positions): a hypothesis of 62 ids (the budget's cap) still
     aligns, one start per id plus the end token, in time order; a checkpoint without

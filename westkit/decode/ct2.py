@@ -1,7 +1,7 @@
 """The CTranslate2 backend for Whisper models (faster-whisper's runtime): int8 on CPU, float16 on GPU.
 
 `Ct2WhisperRecognizer` has the interface of `westkit.decode.recognizers.WhisperRecognizer`
-(``encode`` -> ``decode_states`` -> transcripts, ``words`` for timestamps), so
+(``encode`` -> ``decode_states`` -> transcripts, ``decode_words`` for timestamps), so
 `westkit.decode.longform`, ``westkit transcribe / evaluate / compare --backend ctranslate2`` and
 ``westkit-recognize --backend ctranslate2`` run either backend with the same code.
 
@@ -152,6 +152,13 @@ class Ct2WhisperRecognizer:
 
     def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor, everyone_done=None) -> list[Transcript]:
         return self.decode_states(self.encode(audio, audio_lens), audio_lens, everyone_done)
+
+    def decode_words(self, audio: torch.Tensor, audio_lens: torch.Tensor, offsets: list[float] | None = None):
+        """audio (B, T), audio_lens (B,) -> (transcripts, words per row), as the transformers
+        path's ``decode_words``."""
+        states = self.encode(audio, audio_lens)
+        outs = self.decode_states(states, audio_lens)
+        return outs, self.words(states, audio_lens, outs, offsets)
 
     def words(self, states, audio_lens: torch.Tensor, transcripts: list[Transcript],
               offsets: list[float] | None = None):

@@ -8,9 +8,10 @@
    touching its neighbours. Audio between windows is silence by the VAD's verdict; nothing
    with speech in it is dropped, and the windows are reported in ``segments``.
 3. `transcribe`: every window of every file is decoded in length-sorted batches of
-   ``batch_size`` windows with a Whisper recogniser of either backend (`WhisperRecognizer`,
-   `westkit.decode.ct2.Ct2WhisperRecognizer`); word times come from its ``words``
-   (`westkit.decode.timestamps.whisper_words`, or CTranslate2's ``align``), are shifted by the window's start and (``snap``)
+   ``batch_size`` windows with a recognizer's ``decode_words`` (`WhisperRecognizer`: the
+   alignment heads' cross-attention; `westkit.decode.ct2.Ct2WhisperRecognizer`: CTranslate2's
+   ``align``; `WestRecognizer`: the LLM's attention over the audio embeddings,
+   `westkit.decode.timestamps`), word times are shifted by the window's start and (``snap``)
    shrunk off the window's quiet frames (`westkit.decode.timestamps.snap_to_speech`).
 
 Words come out in time order, never overlapping (each window's DTW path is monotonic, windows
@@ -140,9 +141,7 @@ def transcribe(rec, audios: list[np.ndarray], cfg: LongformConfig | None = None,
         for r, (f, a, b) in enumerate(chunk):
             audio[r, :b - a] = torch.from_numpy(audios[f][a:b])
         audio, lens = audio.to(rec.device), lens.to(rec.device)
-        states = rec.encode(audio, lens)
-        outs = rec.decode_states(states, lens)
-        words = rec.words(states, lens, outs, [a / SAMPLE_RATE for _, a, _ in chunk])
+        outs, words = rec.decode_words(audio, lens, [a / SAMPLE_RATE for _, a, _ in chunk])
         for (f, a, b), t, w in zip(chunk, outs, words):
             if cfg.snap:
                 ts.snap_to_speech(w, audios[f][a:b], a / SAMPLE_RATE)

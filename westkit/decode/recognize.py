@@ -18,7 +18,7 @@ Sets: each ``--shards`` entry (a shard folder or built-in corpus name) and each 
 beam, KV cache) in length-sorted batches, a token budget per utterance tied to its duration.
 
 Without ``--word-timestamps``, audio over Whisper's 30 s window is decoded on its first 30 s
-and flagged ``truncated_30s``; with it, Whisper models decode whole files of any length
+and flagged ``truncated_30s``; with it, Whisper and WeST models decode whole files of any length
 (`westkit.decode.longform`: silero-vad windows of at most 30 s) and each row gains ``words``,
 ``segments``, ``audio_duration`` and ``confidence``, with ``subtitles/KEY.{json,srt,vtt}`` beside
 hyps.jsonl (docs/timestamps.md). An unreadable audio file becomes a row flagged ``unreadable``;
@@ -396,9 +396,12 @@ def parse_args(argv=None):
         p.error("--weights/--config name one west model: use them without --west")
     if not (args.shards or args.jsonl or args.audio):
         p.error("no input: give --shards, --jsonl or --audio")
-    if args.word_timestamps and (args.west or args.weights):
-        p.error("--word-timestamps: Whisper models only so far (WeST word timing is not built yet); "
-                "decode the west model without it")
+    if args.word_timestamps:
+        runs = [e.partition("=")[2] or e for e in args.west] + ([os.path.dirname(args.weights)] if args.weights else [])
+        for run in runs:  # WeST word timing needs the heads chosen for that run (docs/timestamps.md)
+            if not os.path.isfile(os.path.join(run, timestamps.HEADS_FILE)):
+                p.error(f"--word-timestamps: {run} has no {timestamps.HEADS_FILE}; choose its alignment heads "
+                        f"first: python -m westkit.decode.align_heads --west {run}")
     if args.beam < 1 or args.batch_size < 1:
         p.error("--beam and --batch-size must be >= 1")
     return args

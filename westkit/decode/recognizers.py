@@ -2,7 +2,8 @@
 
 `WestRecognizer` (a `westkit.models.west.WestModel`: `LLMStep`) and `WhisperRecognizer` (a
 plain or adapted Whisper: `WhisperStep`) both decode with `westkit.decode.search`, so
-training-time evaluation and `westkit-recognize` give the same hypotheses.
+training-time evaluation and `westkit-recognize` give the same hypotheses. Both also offer
+``decode_words`` (transcripts plus timed words), which `westkit.decode.longform` calls.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable
 import torch
 
 from westkit.decode.search import GenerateConfig, LLMStep, WhisperStep, search, token_budget
+from westkit.decode.timestamps import HEADS_FILE, WestHeads, west_words, whisper_words
 
 Done = Callable[[bool], bool] | None
 
@@ -28,11 +30,20 @@ class Transcript:
 
 
 class WestRecognizer:
-    """A WeST model: audio -> left-padded prompt embeddings -> the LLM's search."""
+    """A WeST model: audio -> left-padded prompt embeddings -> the LLM's search.
 
-    def __init__(self, model, gen: GenerateConfig):
+    ``heads``: the LLM attention heads that align transcript tokens with the audio embeddings
+    (`westkit.decode.timestamps.WestHeads`, the run's ``alignment_heads.json``), which word
+    timestamps (`decode_words`) need."""
+
+    def __init__(self, model, gen: GenerateConfig, heads=None):
         self.model = model.eval()
         self.gen = gen
+        self.heads = heads
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.projector.parameters()).device
 
     @classmethod
     def load(cls, run: str | None, weights: str | None, config: str | None, gen: GenerateConfig,
@@ -56,17 +67,34 @@ class WestRecognizer:
             raise ValueError(f"{weights}: holds no projector weights; export the trainable weights "
                              "of a west run (train.export_trainable: true)")
         model.load_state_dict(state, strict=False)
-        return cls(model.to(device=device, dtype=dtype), gen)
+        heads_file = os.path.join(os.path.dirname(weights), HEADS_FILE)
+        heads = WestHeads.load(heads_file) if os.path.isfile(heads_file) else None
+        return cls(model.to(device=device, dtype=dtype), gen, heads)
 
     @torch.no_grad()
     def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor, everyone_done: Done = None,
                  prompts=None) -> list[Transcript]:
         """audio (B, T) zero-padded at 16 kHz, audio_lens (B,) -> one `Transcript` per row.
         ``prompts``: per-row (prefix, suffix) ids (a batch's "prompts"), else the fixed prompt."""
+        return self._search(self.model.prompt_inputs(audio, audio_lens, prompts=prompts), audio_lens, everyone_done)
+
+    def _search(self, inputs: dict, audio_lens, everyone_done: Done = None) -> list[Transcript]:
         m = self.model
-        step = LLMStep(m.llm, m.prompt_inputs(audio, audio_lens, prompts=prompts))
+        step = LLMStep(m.llm, inputs)
         outs = search(step, token_budget(audio_lens, self.gen), m.prompt.stop_ids, self.gen, everyone_done)
         return [Transcript(m.prompt.decode(o.ids), o.ids, o.hit_limit, o.logprobs) for o in outs]
+
+    @torch.no_grad()
+    def decode_words(self, audio: torch.Tensor, audio_lens: torch.Tensor, offsets: list[float] | None = None):
+        """audio (B, T), audio_lens (B,) -> (transcripts, words per row): the search, then one
+        teacher-forced pass whose attention over the audio embeddings times the words
+        (`westkit.decode.timestamps.west_words`; times shifted by ``offsets[b]`` s)."""
+        if self.heads is None:
+            raise ValueError("word timestamps of a WeST model need its alignment heads: run "
+                             "python -m westkit.decode.align_heads --west RUN (writes RUN/alignment_heads.json)")
+        emb, n = self.model.audio_embeddings(audio, audio_lens)
+        outs = self._search(self.model.embed_prompt(emb, n), audio_lens)
+        return outs, west_words(self, emb, n, outs, offsets)
 
     def batch_prompts(self, batch: dict):
         """Per-row prompt ids from a batch's "instructions" / "contexts" (shard json fields), or
@@ -136,16 +164,15 @@ class WhisperRecognizer:
 
     @property
     def device(self) -> torch.device:
-        """Where audio for `encode` goes."""
         return self.whisper.proj_out.weight.device
 
-    def words(self, states: torch.Tensor, audio_lens: torch.Tensor, transcripts: list[Transcript],
-              offsets: list[float] | None = None):
-        """Word times and confidences of ``transcripts`` decoded from ``states``
-        (`westkit.decode.timestamps.whisper_words`)."""
-        from westkit.decode import timestamps
-
-        return timestamps.whisper_words(self, states, audio_lens, transcripts, offsets)
+    @torch.no_grad()
+    def decode_words(self, audio: torch.Tensor, audio_lens: torch.Tensor, offsets: list[float] | None = None):
+        """audio (B, T), audio_lens (B,) -> (transcripts, words per row): the search, then the
+        alignment heads' cross-attention (`westkit.decode.timestamps.whisper_words`)."""
+        states = self.encode(audio, audio_lens)
+        outs = self.decode_states(states, audio_lens)
+        return outs, whisper_words(self, states, audio_lens, outs, offsets)
 
 
 def whisper_prefix(tokenizer, language: str | None = None) -> list[int]:

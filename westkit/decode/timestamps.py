@@ -14,6 +14,13 @@ pass (the search keeps no attention), grouping tokens into words with punctuatio
 long-word clamp at sentence ends (openai-whisper's rule), the snap of word edges off
 quiet frames (`snap_to_speech`), and the output writers.
 
+WeST / LLM-ASR word timing (VoxLM v2's idea) runs the same normalisation, median filter and
+DTW (`dtw_starts`, shared) over the LLM's self-attention from the transcript tokens to the
+audio-embedding positions of its input (`west_attention`), in the heads a run's
+``alignment_heads.json`` names (`WestHeads`, chosen on speech with known timings by
+`westkit.decode.align_heads` with `head_scores`); one embedding lasts
+`WestModel.seconds_per_embedding` (projector rate / encoder frame rate).
+
 A word's start is the time DTW enters its first token; its end, the time it enters the next
 word's first token (or the end token). Times are seconds from the start of the audio given.
 
@@ -37,6 +44,7 @@ FRAME_SECONDS = 0.02          # one Whisper encoder state: 2 log-mel hops of 10 
 SAMPLES_PER_FRAME = round(FRAME_SECONDS * SAMPLE_RATE)
 SENTENCE_END = ".!?。"
 LEADING_PUNCT = "\"'“¿([{-«"
+WORD_START = ("Ġ", "▁", " ", "\n")
 
 
 @dataclasses.dataclass
@@ -56,16 +64,17 @@ class Word:
 # -- tokens -> words --------------------------------------------------------------------------
 
 def split_words(tokenizer, ids: list[int]) -> list[tuple[str, list[int]]]:
-    """Group byte-level BPE ids into words: (text, token positions) per word.
+    """Group sub-word ids into words: (text, token positions) per word.
 
-    A word starts at a token with a leading space (``Ġ``); tokens without one (sub-words,
+    A word starts at a token with a leading space (byte-level BPE ``Ġ``, SentencePiece ``▁``,
+    or a plain space: character tokenizers); tokens without one (sub-words,
     trailing punctuation such as ``,`` ``.``) join the word before. A word made only of
     punctuation joins the next word if it opens (``"`` ``(`` ``-`` ...), else the previous one.
     """
     groups: list[list[int]] = []
     pieces = tokenizer.convert_ids_to_tokens(ids)
     for pos, piece in enumerate(pieces):
-        if not groups or piece.startswith("Ġ"):
+        if not groups or piece.startswith(WORD_START):
             groups.append([pos])
         else:
             groups[-1].append(pos)
@@ -221,6 +230,25 @@ def alignment_heads(whisper) -> list[tuple[int, int]]:
     return [tuple(h) for h in heads]
 
 
+def dtw_starts(weights: torch.Tensor, filter_width: int, frame_seconds: float) -> np.ndarray:
+    """weights (H, N, T): attention of N token queries over T audio frames in H heads -> (N,)
+    the time (s) at which the DTW path enters each token.
+
+    Each head is normalised over the tokens, median-filtered over time (width ``filter_width``,
+    odd), the heads are averaged and DTW finds the monotonic path: openai-whisper's method, with
+    transformers' `_median_filter` and `_dynamic_time_warping`. Shared by Whisper
+    (cross-attention, 20 ms frames) and WeST (LLM self-attention over the audio embeddings).
+    """
+    from transformers.models.whisper.generation_whisper import _dynamic_time_warping, _median_filter
+
+    std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
+    m = (weights - mean) / std.clamp(min=1e-10)
+    m = _median_filter(m, filter_width).mean(dim=0)  # (N, T)
+    text_idx, time_idx = _dynamic_time_warping(-m.double().cpu().numpy())
+    jumps = np.pad(np.diff(text_idx), (1, 0), constant_values=1).astype(bool)
+    return time_idx[jumps] * frame_seconds
+
+
 @torch.no_grad()
 def whisper_token_starts(whisper, states: torch.Tensor, prefix: list[int], eot: int,
                          ids: list[list[int]], frames: list[int]) -> list[np.ndarray]:
@@ -232,8 +260,6 @@ def whisper_token_starts(whisper, states: torch.Tensor, prefix: list[int], eot: 
     hypothesis that filled the decoder's positions still fits); rows are padded with ``eot``
     after their end, which the causal decoder never lets reach a real token.
     """
-    from transformers.models.whisper.generation_whisper import _dynamic_time_warping, _median_filter
-
     heads = alignment_heads(whisper)
     n_pre = len(prefix)
     width = n_pre + max(len(r) for r in ids)
@@ -247,17 +273,12 @@ def whisper_token_starts(whisper, states: torch.Tensor, prefix: list[int], eot: 
     result = []
     for b, r in enumerate(ids):
         n = len(r)
-        # the query at position p predicts token p + 1: rows of the text ids and the end token
-        m = weights[b, :, n_pre - 1:n_pre + n, :max(1, frames[b])]
         if n == 0:
             result.append(np.zeros(1))
             continue
-        std, mean = torch.std_mean(m, dim=-2, keepdim=True, unbiased=False)
-        m = (m - mean) / std.clamp(min=1e-10)
-        m = _median_filter(m, whisper.config.median_filter_width).mean(dim=0)  # (n + 1, frames)
-        text_idx, time_idx = _dynamic_time_warping(-m.double().cpu().numpy())
-        jumps = np.pad(np.diff(text_idx), (1, 0), constant_values=1).astype(bool)
-        result.append(time_idx[jumps] * FRAME_SECONDS)
+        # the query at position p predicts token p + 1: rows of the text ids and the end token
+        m = weights[b, :, n_pre - 1:n_pre + n, :max(1, frames[b])]
+        result.append(dtw_starts(m, whisper.config.median_filter_width, FRAME_SECONDS))
     return result
 
 
@@ -270,6 +291,112 @@ def whisper_words(rec, states: torch.Tensor, audio_lens: torch.Tensor, transcrip
     offsets = offsets or [0.0] * len(transcripts)
     return [words_from_tokens(rec.tokenizer, t.ids, s, t.logprobs, off, off + n * FRAME_SECONDS)
             for t, s, off, n in zip(transcripts, starts, offsets, frames)]
+
+
+# -- WeST / LLM-ASR: the LLM's self-attention over the audio embeddings + DTW -----------------
+
+HEADS_FILE = "alignment_heads.json"   # beside a WeST run's trainable.safetensors
+
+
+@dataclasses.dataclass
+class WestHeads:
+    """The (layer, head) pairs of a WeST model's LLM whose attention from the transcript tokens
+    to the audio embeddings follows the audio, chosen on speech with known word timings
+    (`westkit.decode.align_heads`), and the median filter width (in audio embeddings) DTW uses."""
+    heads: list[tuple[int, int]]
+    median_filter_width: int = 1
+    info: dict = dataclasses.field(default_factory=dict)   # how they were chosen (scores, data)
+
+    @classmethod
+    def load(cls, path) -> WestHeads:
+        import json
+
+        d = json.loads(Path(path).read_text())
+        return cls([tuple(h) for h in d["heads"]], d.get("median_filter_width", 1), d.get("info", {}))
+
+    def save(self, path) -> None:
+        import json
+
+        Path(path).write_text(json.dumps({"heads": [list(h) for h in self.heads],
+                                          "median_filter_width": self.median_filter_width,
+                                          "info": self.info}, indent=1) + "\n")
+
+
+@torch.no_grad()
+def west_attention(model, emb: torch.Tensor, n_audio: torch.Tensor, ids: list[list[int]], prompts=None,
+                   heads: list[tuple[int, int]] | None = None) -> list[torch.Tensor]:
+    """The LLM's attention from each row's transcript queries to its audio embeddings.
+
+    emb (B, N, H), n_audio (B,): `WestModel.audio_embeddings`; ``ids[b]`` the transcript ids
+    (no end token). One teacher-forced pass over prompt + ``ids`` (eager attention). Per row, a
+    float tensor (K, len(ids[b]) + 1, n_audio[b]): K = ``heads`` in their order (default every
+    (layer, head), layer-major); query rows are the positions that predict each id and the end
+    token (as for Whisper), columns the audio embeddings in time order.
+    """
+    inputs = model.embed_prompt(emb, n_audio, targets=ids, prompts=prompts)
+    inputs.pop("labels")
+    _, is_audio, *_ = model.layout(n_audio.tolist(), ids, prompts)
+    llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+    with eager_attention(llm):
+        out = llm(**inputs, output_attentions=True, use_cache=False, logits_to_keep=1)
+    if heads is None:
+        att = torch.stack(out.attentions, dim=1).flatten(1, 2)  # (B, layers * heads, L, L)
+    else:
+        att = torch.stack([out.attentions[l][:, h] for l, h in heads], dim=1)  # (B, K, L, L)
+    width = att.shape[-1]
+    rows = []
+    for b, r in enumerate(ids):
+        cols = is_audio[b].nonzero()[:, 0].to(att.device)
+        rows.append(att[b, :, width - len(r) - 1:, cols].float())
+    return rows
+
+
+def west_token_starts(model, heads: WestHeads, emb: torch.Tensor, n_audio: torch.Tensor,
+                      ids: list[list[int]], prompts=None) -> list[np.ndarray]:
+    """Per row, the start time (s) of each id and of the end token: (len(ids[b]) + 1,) arrays,
+    by DTW over ``heads``' attention to the audio embeddings (`west_attention`), one embedding
+    lasting `WestModel.seconds_per_embedding`."""
+    att = west_attention(model, emb, n_audio, ids, prompts, heads.heads)
+    return [np.zeros(1) if not r else dtw_starts(a, heads.median_filter_width, model.seconds_per_embedding)
+            for a, r in zip(att, ids)]
+
+
+def west_words(rec, emb: torch.Tensor, n_audio: torch.Tensor, transcripts,
+               offsets: list[float] | None = None) -> list[list[Word]]:
+    """Words with times and confidence for a `WestRecognizer`'s transcripts (emb (B, N, H),
+    n_audio (B,) from `WestModel.audio_embeddings`); needs the recognizer's ``heads``."""
+    m = rec.model
+    starts = west_token_starts(m, rec.heads, emb, n_audio, [t.ids for t in transcripts])
+    offsets = offsets or [0.0] * len(transcripts)
+    return [words_from_tokens(m.prompt.tokenizer, t.ids, s, t.logprobs, off, off + n * m.seconds_per_embedding)
+            for t, s, off, n in zip(transcripts, starts, offsets, n_audio.tolist())]
+
+
+# -- choosing heads on speech with known word timings ----------------------------------------
+
+def span_mask(spans: list[tuple[float, float]], token_word: list[int], n_pos: int, seconds: float) -> torch.Tensor:
+    """(n_tokens, n_pos) bool: audio position k (covering [k, k + 1) * ``seconds``) overlaps the
+    true span ``spans[token_word[i]]`` (start, end seconds) of token i's word."""
+    a = torch.arange(n_pos, dtype=torch.float64) * seconds
+    s = torch.tensor([spans[w][0] for w in token_word], dtype=torch.float64)[:, None]
+    e = torch.tensor([spans[w][1] for w in token_word], dtype=torch.float64)[:, None]
+    return (a[None] < e) & (a[None] + seconds > s)
+
+
+def head_scores(att: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """att (K, n, N): K heads' attention of n token queries over N audio positions; inside
+    (n, N) `span_mask` -> (K,) each head's mean share (over the tokens) of its audio attention
+    that falls on the token's own word. Uniform attention scores ``inside.float().mean()``."""
+    w = att / att.sum(-1, keepdim=True).clamp(min=1e-12)
+    return (w * inside.to(w.dtype)).sum(-1).mean(-1)
+
+
+def word_times(starts: np.ndarray, token_word: list[int], n_words: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token start times (n_tokens + 1,) (the last: the end token) -> word (starts, ends): a
+    word starts where its first token does and ends where the next word (or the end) starts."""
+    first = [token_word.index(w) for w in range(n_words)] + [len(token_word)]
+    t = np.asarray(starts)[first]
+    return t[:-1], t[1:]
 
 
 # -- outputs ---------------------------------------------------------------------------------------
@@ -356,22 +483,22 @@ def transcribe_file(path: str, model="whisper-tiny.en", out_dir: str | None = No
                     device: str = "cpu", beam: int = 1, language: str | None = None) -> dict:
     """Transcribe one audio file of any length with word timestamps and confidence.
 
-    ``model``: a Whisper asset name, hub id or folder, or a loaded `WhisperRecognizer` (reuse
-    it across files). Long audio is cut at pauses (silero-vad) into windows of at most 30 s,
+    ``model``: a Whisper asset name, hub id or folder, or a loaded `WhisperRecognizer` or
+    `WestRecognizer` with its heads (reuse it across files). Long audio is cut at pauses (silero-vad) into windows of at most 30 s,
     decoded in batches of ``batch_size`` windows (`westkit.decode.longform`). Returns the
     `result_dict`; with ``out_dir``, also writes ``<stem>.json``, ``.srt`` and ``.vtt`` there.
     ValueError names the file if it cannot be read.
     """
     from westkit.data.audio import BadInput, read_audio
     from westkit.decode import longform
-    from westkit.decode.recognizers import WhisperRecognizer
+    from westkit.decode.recognizers import WestRecognizer, WhisperRecognizer
     from westkit.decode.search import GenerateConfig
 
     try:
         audio = read_audio(str(path))
     except BadInput as e:
         raise ValueError(f"{path}: cannot read the audio ({e}); give a wav/flac/mp3/ogg file") from None
-    rec = model if isinstance(model, WhisperRecognizer) else WhisperRecognizer.load(
+    rec = model if isinstance(model, (WhisperRecognizer, WestRecognizer)) else WhisperRecognizer.load(
         model, GenerateConfig(beam=beam), torch.device(device), torch.float32, language)
     result = longform.transcribe(rec, [audio], longform.LongformConfig(batch_size=batch_size))[0]
     if out_dir is not None:

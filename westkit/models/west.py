@@ -248,6 +248,12 @@ class WestModel(nn.Module):
                 target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM"))
         return cls(encoder, projector, llm, build_prompt(cfg, tokenizer), cfg.export_merged, cfg.pack)
 
+    @property
+    def seconds_per_embedding(self) -> float:
+        """Audio time one LLM audio embedding covers: projector rate / encoder frame rate
+        (embedding k starts at k times this)."""
+        return self.projector.rate / self.encoder.frame_rate
+
     # -- shared by training and decoding -------------------------------------------------
 
     def audio_embeddings(self, audio: torch.Tensor, audio_lens: torch.Tensor):
@@ -299,6 +305,12 @@ class WestModel(nn.Module):
         `Prompt.target` in the data pipeline), ``labels`` (all (B, L)). ``prompts``: per-row
         (prefix, suffix) ids (`Prompt.render` / `Prompt.for_sample`), else the fixed prompt."""
         emb, n = self.audio_embeddings(audio, audio_lens)
+        return self.embed_prompt(emb, n, targets, prompts)
+
+    def embed_prompt(self, emb: torch.Tensor, n: torch.Tensor, targets: list[list[int]] | None = None,
+                     prompts=None) -> dict:
+        """`prompt_inputs` from audio embeddings already made: emb (B, N, H), n (B,) from
+        `audio_embeddings` (decoding reuses them for the word-timing pass)."""
         ids, is_audio, mask, positions, labels = self.layout(n.tolist(), targets, prompts)
         dev = emb.device
         out = {"inputs_embeds": self.inputs_embeds(ids.to(dev), is_audio.to(dev), emb, n),
