@@ -36,6 +36,7 @@ class Stage1Config:
     whisper: str = "whisper-tiny.en"   # built-in asset name, hub id or local folder
     eval_batches: int = 2              # dev batches per evaluation (0: the whole dev set)
     decode_eval: bool = True           # also read the TLE's states back with the frozen decoder
+    decoder_ce: float = 0.0            # weight of the frozen decoder's cross-entropy on TLE states (0: MSE only)
 
 
 @dataclass
@@ -95,8 +96,12 @@ def main(argv=None) -> int:
     # the TLE's vocabulary and output grid are the teacher's, whatever the YAML says
     tle_cfg = dataclasses.replace(cfg.tle, vocab_size=whisper.config.vocab_size, d_model=whisper.config.d_model,
                                   n_frames=whisper.config.max_source_positions)
-    model = TLERegression(TLE(tle_cfg), WhisperAudioEncoder(whisper.model.encoder, pad_to_30s=True))
-    steps = [tokenize("text_ids", WhisperText(tokenizer).text_ids)]
+    text = WhisperText(tokenizer)
+    model = TLERegression(TLE(tle_cfg), WhisperAudioEncoder(whisper.model.encoder, pad_to_30s=True),
+                          cfg.stage1.decoder_ce, whisper, text)
+    steps = [tokenize("text_ids", text.text_ids)]
+    if cfg.stage1.decoder_ce > 0:
+        steps.append(tokenize("targets", text.targets))
     for section in (cfg.data, cfg.eval_data):
         if section is not None and section.states:
             check_states(section.states, encoder_fingerprint(whisper.model.encoder))

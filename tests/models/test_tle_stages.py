@@ -133,6 +133,32 @@ def test_regression_precomputed_states_give_the_same_loss_and_updates_schedule(t
     assert int(stored.tle.num_updates) == 1 and float(stored.tle.tail_count[-1]) == 2
 
 
+def test_decoder_ce_adds_the_frozen_decoders_loss_and_trains_only_the_tle(tokenizer):
+    """stage1.decoder_ce: loss = regression + w x the frozen decoder's cross-entropy of the
+    transcript on the TLE's states; its gradient reaches the TLE through the decoder, the
+    decoder itself gets none, and it is not part of the module (nor its checkpoints)."""
+    whisper = tiny_whisper()
+    teacher = WhisperAudioEncoder(whisper.model.encoder, pad_to_30s=True)
+    batch = with_tokens(tokenizer, audio_batch())
+    plain = TLERegression(tiny_tle(), teacher).train()
+    with_ce = TLERegression(tiny_tle(), teacher, 0.5, whisper, WhisperText(tokenizer)).train()
+    torch.manual_seed(1)
+    a = plain(batch)
+    torch.manual_seed(1)
+    b = with_ce(batch)
+    assert float(b["mse"]) == pytest.approx(float(a["mse"]), rel=1e-6)
+    assert float(b["loss"]) == pytest.approx(float(a["loss"]) + 0.5 * float(b["decoder_ce"]), rel=1e-5)
+    # the decoder's loss alone has a gradient in the TLE's convolutions (it reads their output)
+    with_ce.zero_grad()
+    (b["loss"] - a["loss"].detach()).backward()
+    grads = [p.grad for n, p in with_ce.tle.named_parameters() if n.startswith("blocks.") and p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    assert all(p.grad is None for p in whisper.model.decoder.parameters())
+    assert not any(k.startswith(("_reader", "reader")) for k in with_ce.state_dict())
+    with pytest.raises(ValueError, match="decoder_ce"):
+        TLERegression(tiny_tle(), teacher, 0.5)
+
+
 def test_regression_rejects_a_mismatched_teacher(tokenizer):
     whisper = tiny_whisper()
     with pytest.raises(ValueError, match="pad_to_30s"):

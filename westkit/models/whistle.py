@@ -47,11 +47,19 @@ class TLERegression(nn.Module):
 
     ``teacher`` is a `WhisperAudioEncoder` with ``pad_to_30s=True`` (the states Whisper's
     decoder sees at inference: 1500 frames, speech first, encoded silence after).
+
+    With ``decoder_ce > 0`` (and ``reader``, the frozen Whisper, and ``text``, its
+    `WhisperText`) the loss also has ``decoder_ce`` x the frozen decoder's teacher-forced
+    cross-entropy of the transcript on the TLE's states (true length): supervision through the
+    decoder that will read the latents, beside the regression. The batch then needs
+    ``targets`` (``tokenize("targets", text.targets)``). The reader stays outside the module
+    tree (frozen, not checkpointed; the caller puts it on the device).
     """
 
     export_scope = "full"   # the TLE's buffers (tail template, KL schedule) are part of it
 
-    def __init__(self, tle: TLE, teacher: WhisperAudioEncoder):
+    def __init__(self, tle: TLE, teacher: WhisperAudioEncoder, decoder_ce: float = 0.0, reader=None,
+                 text: WhisperText | None = None):
         super().__init__()
         if not teacher.pad_to_30s:
             raise ValueError("the TLE's teacher must encode Whisper's 30 s window (pad_to_30s=True)")
@@ -61,6 +69,13 @@ class TLERegression(nn.Module):
                              f"the Whisper encoder's {grid} frames and width {teacher.dim}")
         self.tle = tle
         self.teacher = teacher
+        if decoder_ce < 0 or (decoder_ce > 0 and (reader is None or text is None)):
+            raise ValueError("stage1.decoder_ce must be >= 0, and > 0 needs the frozen Whisper and its text")
+        self.decoder_ce = decoder_ce
+        if decoder_ce > 0:
+            reader.requires_grad_(False)
+        object.__setattr__(self, "_reader", reader)  # not a submodule: frozen, never saved
+        self.text = text
 
     def outputs(self, batch: dict, n: torch.Tensor | None = None):
         """The TLE's output for the batch's text (``n``: speech frames, None: predicted)."""
@@ -75,6 +90,12 @@ class TLERegression(nn.Module):
             self.tle.update_tail_template(teacher, n)
             self.tle.num_updates += 1
         losses = tle_loss(out, teacher, n, self.tle.cfg, self.tle.beta())
+        if self.decoder_ce > 0:
+            reader = self._reader
+            input_ids, labels = decoder_batch(self.text.prefix, batch["targets"], batch["target_lens"], self.text.eot)
+            ce, _ = decoder_loss(reader, out.states.to(reader.proj_out.weight.dtype), input_ids, labels)
+            losses["decoder_ce"] = ce.detach()
+            losses["loss"] = losses["loss"] + self.decoder_ce * ce
         losses["audio_seconds"] = batch["audio_lens"].sum().float() / SAMPLE_RATE
         return losses
 
