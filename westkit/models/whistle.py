@@ -198,10 +198,10 @@ def same_4bit_path_in_eval(model: nn.Module) -> nn.Module:
     to another kernel on its first eval-mode forward without gradients: it repacks the weight
     in place into a CPU layout and multiplies in bfloat16 through ``gemv_4bit``. Training-time
     evaluation of a QLoRA model therefore decoded through numerics the adapters were never
-    trained on, and left the weights repacked for the training steps after it (that kernel
-    has no backward). Forced on where the library does not report the feature, it returns
-    output uncorrelated with the layer's (relative error 1.4 = sqrt(2)); the untrained 4-bit
-    whisper-tiny.en then decodes only commas. Turning it off keeps one path per layer, on any
+    trained on, and left the weights repacked, so the training steps after it ran through that
+    kernel too. Forced on where the library does not report the feature, it returns output
+    uncorrelated with the layer's (relative error 1.4 = sqrt(2)), and gradients to match; the
+    untrained 4-bit whisper-tiny.en then decodes only commas. Turning it off keeps one path per layer, on any
     host (`tests/models/test_whisper_finetune.py::test_qlora_live_eval_matches_merged_export`).
     """
     import bitsandbytes as bnb
