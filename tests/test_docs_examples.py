@@ -235,8 +235,8 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "westkit transcribe call.wav recordings/ --model exp/whisper/tiny_lora --json": Skip(ASR_CLI),
         "westkit evaluate asterisk-test --model exp/whisper/tiny_lora": Skip(ASR_CLI),
         "westkit compare asterisk-test --models base=whisper-tiny.en ft=exp/whisper/tiny_lora --plot wer.png": Skip(ASR_CLI),
-        'python benchmarks/whisper_results.py --out exp/whisper_results --steps 30 --seeds 1 --runs '
-        '"full (encoder frozen)" lora': Skip(BENCH),
+        'python benchmarks/whisper_results.py --out exp/whisper_results --steps 30 --seeds 1 2 --runs lora '
+        '"full (encoder frozen)"': Skip(BENCH),
         'python benchmarks/whisper_results.py --out exp/whisper_results --steps 30 --seeds 0 --runs '
         '"full (encoder trained)"': Skip(BENCH),
         "python recipes/whisper/train.py --config recipes/whisper/conf/tiny.yaml --out exp/whisper_results/lora_seed_1 "
