@@ -4,6 +4,8 @@ A refactor must keep these curves identical: run this before and after, and comp
 
     python benchmarks/record_losses.py --out exp/losses_before
     python benchmarks/record_losses.py --out exp/losses_after --compare exp/losses_before/losses.json
+    python benchmarks/record_losses.py --out exp/losses_stage2 --runs stage1 stage2 \
+        --compare benchmarks/recorded_losses.json       # only the recipes a change touched
 
 Each run uses the shipped config with the real built-in models (whisper-tiny.en,
 smollm2-135m-instruct), fixed seeds, ``torchrun --nproc_per_node 2`` on CPU (gloo) and one
@@ -26,10 +28,11 @@ RUNS = {
              ["train.max_steps=6", "data.max_batch_size=4", "data.num_workers=0", "eval_data=null"]),
     "stage1": ("recipes/tle/train.py", "recipes/tle/conf/tle_tiny.yaml",
                ["train.max_steps=6", "data.max_batch_size=4", "data.num_workers=0", "eval_data=null"]),
-    "stage2": ("recipes/tle/finetune_decoder.py", "recipes/tle/conf/finetune_tiny.yaml",
-               ["train.max_steps=6", "mix.tts=1", "text_data.max_batch_size=4",
-                "audio_data.max_batch_size=4", "tts_data.max_batch_size=4",
-                "audio_data.num_workers=0", "tts_data.num_workers=0"]),
+    # WhisTLE stage 2 is the Whisper recipe with a text (TLE) and a tts source
+    "stage2": ("recipes/whisper/train.py", "recipes/whisper/conf/whistle_stage2.yaml",
+               ["train.max_steps=6", "mix.tts=1", "text.data.max_batch_size=4",
+                "data.max_batch_size=4", "tts.max_batch_size=4",
+                "data.num_workers=0", "tts.num_workers=0"]),
 }
 
 
@@ -53,12 +56,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--compare", help="a losses.json of an earlier run to compare with")
+    p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS),
+                   help="record only these (stage2 trains on stage1's TLE, so it needs stage1)")
     args = p.parse_args(argv)
+    if "stage2" in args.runs and "stage1" not in args.runs:
+        p.error("--runs stage2 trains on the TLE of stage1: add stage1")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    losses = {"west": run("west", out, [])}
-    losses["stage1"] = run("stage1", out, [])
-    losses["stage2"] = run("stage2", out, [f"stage2.tle={out / 'stage1'}"])
+    extra = {"stage2": [f"text.tle={out / 'stage1'}"]}
+    losses = {name: run(name, out, extra.get(name, [])) for name in RUNS if name in args.runs}
     (out / "losses.json").write_text(json.dumps(losses, indent=1) + "\n")
     for name, rows in losses.items():
         print(f"{name}: " + " ".join(f"{loss:.6f}" for _, loss in rows))

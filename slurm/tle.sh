@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # WhisTLE text-only domain adaptation of Whisper, both stages in one job:
 #   stage 1 (recipes/tle/train.py): train the text-to-latent encoder on paired speech -> OUT_DIR/tle
-#   stage 2 (recipes/tle/finetune_decoder.py): fine-tune the decoder on in-domain text through the
-#           TLE -> OUT_DIR/adapt/hf, an ordinary Whisper checkpoint
+#   stage 2 (recipes/whisper/train.py with conf/whistle_stage2.yaml): fine-tune the decoder on
+#           in-domain text through the TLE -> OUT_DIR/adapt/hf, an ordinary Whisper checkpoint
 #
 #   sbatch slurm/tle.sh                                     # defaults below, both stages
-#   STAGES=2 sbatch slurm/tle.sh 'text_data.shards=[/data/my-domain-text]'   # extra args: overrides of both stages
+#   STAGES=2 sbatch slurm/tle.sh 'text.data.shards=[/data/my-domain-text]'   # extra args: overrides of both stages
 #   STAGE1_ARGS="tle.d_latent=128" STAGE2_ARGS="mix.tts=1" sbatch slurm/tle.sh  # per-stage overrides
 # A finished stage (its output exists) is skipped, so a requeued or resubmitted job goes on
 # where it stopped; an unfinished one resumes from its checkpoints. Log: slurm-<job name>-<job id>.out
@@ -22,7 +22,7 @@
 
 # ---- variables (environment overrides: OUT_DIR=... sbatch slurm/tle.sh) ----
 TLE_CONFIG=${TLE_CONFIG:-recipes/tle/conf/tle_tiny.yaml}             # stage 1
-FINETUNE_CONFIG=${FINETUNE_CONFIG:-recipes/tle/conf/finetune_tiny.yaml}   # stage 2
+FINETUNE_CONFIG=${FINETUNE_CONFIG:-recipes/whisper/conf/whistle_stage2.yaml}   # stage 2
 OUT_DIR=${OUT_DIR:-exp/whistle}   # shared filesystem: OUT_DIR/tle, OUT_DIR/adapt, OUT_DIR/state_cache
 STAGES=${STAGES:-1 2}
 STAGE1_ARGS=${STAGE1_ARGS:-}      # space-separated overrides for stage 1 only
@@ -41,7 +41,7 @@ source "$WESTKIT_REPO/slurm/common.sh" || { echo "set WESTKIT_REPO to the westki
 
 # the frozen encoder runs in every step; to compute its states once, run
 #   westkit-encode SHARDS --out STATES --model NAME   and add data.states=STATES to STAGE1_ARGS
-#   (audio_data.states=... / tts_data.states=... to STAGE2_ARGS)
+#   (data.states=... / tts.states=... to STAGE2_ARGS)
 read -r -a stage1_args <<< "$STAGE1_ARGS"
 read -r -a stage2_args <<< "$STAGE2_ARGS"
 for stage in $STAGES; do
@@ -52,8 +52,8 @@ for stage in $STAGES; do
          --out "$OUT_DIR/tle" "$@" "${stage1_args[@]}" || exit $? ;;
     2) if [ -d "$OUT_DIR/adapt/hf" ]; then westkit_log "stage 2 done already ($OUT_DIR/adapt/hf)"; continue; fi
        westkit_log "stage 2: decoder fine-tuning from text through the TLE -> $OUT_DIR/adapt"
-       westkit_run "$WESTKIT_REPO/recipes/tle/finetune_decoder.py" --config "$(westkit_path "$FINETUNE_CONFIG")" \
-         --out "$OUT_DIR/adapt" "stage2.tle=$OUT_DIR/tle" \
+       westkit_run "$WESTKIT_REPO/recipes/whisper/train.py" --config "$(westkit_path "$FINETUNE_CONFIG")" \
+         --out "$OUT_DIR/adapt" "text.tle=$OUT_DIR/tle" \
          "$@" "${stage2_args[@]}" || exit $? ;;
     *) westkit_log "ERROR: STAGES='$STAGES': stages are 1 and 2"; exit 2 ;;
   esac

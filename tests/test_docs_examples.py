@@ -68,8 +68,8 @@ class Skip:
 TRAIN = "train.max_steps=1 train.warmup_steps=0 train.save_every=0 train.eval_every=0 train.log_every=1"
 WEST_TINY = f"{TRAIN} data.max_batch_size=2 data.num_workers=0 eval.batches=1 eval.max_new_tokens=8 eval_data.max_batch_size=2"
 TLE_TINY = f"{TRAIN} data.max_batch_size=2 data.num_workers=0 stage1.eval_batches=1 eval_data.max_batch_size=2"
-FT_TINY = (f"{TRAIN} text_data.max_batch_size=2 audio_data.max_batch_size=2 audio_data.num_workers=0 "
-           "tts_data.max_batch_size=2 tts_data.num_workers=0")
+FT_TINY = (f"{TRAIN} text.data.max_batch_size=2 data.max_batch_size=2 data.num_workers=0 "
+           "tts.max_batch_size=2 tts.num_workers=0")
 SMALL = "$WESTKIT_HOME/data/general-train-limit8"   # paired speech for the states example
 DEC = "--max-new-tokens 8"           # decoding: a bounded number of tokens per utterance
 TEST4 = (("general-test", "$WESTKIT_HOME/data/general-test-limit4"),)
@@ -259,23 +259,32 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "westkit transcribe call.wav recordings/ --model exp/whisper/tiny_lora --json": Skip(ASR_CLI),
         "westkit evaluate asterisk-test --model exp/whisper/tiny_lora": Skip(ASR_CLI),
         "westkit compare asterisk-test --models base=whisper-tiny.en ft=exp/whisper/tiny_lora --plot wer.png": Skip(ASR_CLI),
-        "python benchmarks/whisper_results.py --out exp/whisper_results --steps 30": Skip(BENCH),
-        "python recipes/whisper/train.py --config recipes/whisper/conf/tiny.yaml --out exp/whisper_results/lora "
-        "whisper.strategy=lora train.seed=0 data.seed=0 train.max_steps=30 train.warmup_steps=3 data.max_batch_size=8 "
-        "eval_data.shards=[$WESTKIT_HOME/data/asterisk-test-limit60]": Skip(BENCH + " (one row of the results table)"),
-        "westkit evaluate $WESTKIT_HOME/data/general-test-limit60 --model exp/whisper_results/lora": Skip(
+        'python benchmarks/whisper_results.py --out exp/whisper_results --steps 30 --seeds 1 2 --runs lora '
+        '"full (encoder frozen)"': Skip(BENCH),
+        'python benchmarks/whisper_results.py --out exp/whisper_results --steps 30 --seeds 0 --runs '
+        '"full (encoder trained)"': Skip(BENCH),
+        "python recipes/whisper/train.py --config recipes/whisper/conf/tiny.yaml --out exp/whisper_results/lora_seed_1 "
+        "whisper.strategy=lora train.seed=1 data.seed=1 train.max_steps=30 train.eval_every=0 train.save_every=0 "
+        "train.warmup_steps=3 data.max_batch_size=8 eval_data=null train.log_every=5": Skip(
+            BENCH + " (one run of the results table)"),
+        "westkit evaluate $WESTKIT_HOME/data/asterisk-test-limit60 --model exp/whisper_results/lora_seed_1 --worst 3": Skip(
+            BENCH + " (scores the run above)"),
+        "westkit evaluate $WESTKIT_HOME/data/general-test-limit60 --model exp/whisper_results/lora_seed_1 --worst 3": Skip(
             BENCH + " (scores the run above)"),
         "westkit compare $WESTKIT_HOME/data/asterisk-test-limit60 --models base=whisper-tiny.en "
-        "full=exp/whisper_results/full lora=exp/whisper_results/lora --plot wer.png": Skip(BENCH + " (scores the runs above)"),
-        "python benchmarks/whisper_strategies.py --steps 1 --out exp/whisper_strategies.json": Skip(BENCH),
+        "full=exp/whisper_results/full_encoder_frozen_seed_1 lora=exp/whisper_results/lora_seed_1 --plot wer.png": Skip(
+            BENCH + " (scores the runs above)"),
+        "python benchmarks/whisper_strategies.py --steps 2 --out exp/whisper_strategies.json": Skip(BENCH),
+        'python benchmarks/whisper_strategies.py --steps 2 --only "full, encoder frozen" --out '
+        "exp/whisper_strategies_row1.json": Skip(BENCH + " (the first row again, alone)"),
     },
     "whistle.md": {
         "python recipes/tle/train.py --config recipes/tle/conf/tle_tiny.yaml --out exp/whistle/tle": Run(
             tiny=TLE_TINY, creates="exp/whistle/tle/tle.safetensors"),
         "bash launch/torchrun.sh --nproc 2 recipes/tle/train.py --config recipes/tle/conf/tle_tiny.yaml "
         "--out exp/whistle/tle_2p": Run(tiny=TLE_TINY, creates="exp/whistle/tle_2p/tle.safetensors"),
-        "python recipes/tle/finetune_decoder.py --config recipes/tle/conf/finetune_tiny.yaml --out exp/whistle/special-tle "
-        "stage2.tle=exp/whistle/tle text_data.shards=[special-text]": Run(
+        "python recipes/whisper/train.py --config recipes/whisper/conf/whistle_stage2.yaml --out exp/whistle/special-tle "
+        "text.tle=exp/whistle/tle text.data.shards=[special-text]": Run(
             tiny=FT_TINY, creates="exp/whistle/special-tle/hf/model.safetensors"),
         "westkit-recognize --whisper exp/whistle/special-tle/hf --shards special-test --out exp/dec/special-tle": Run(
             tiny=DEC, replace=(("special-test", "$WESTKIT_HOME/data/special-test-limit4"),)),
@@ -290,11 +299,11 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "python recipes/tle/train.py --config recipes/tle/conf/tle_tiny.yaml --out exp/whistle/tle "
         "data.states=exp/whistle/states/general-train train.max_steps=150": Run(
             tiny=f"{TLE_TINY} data.shards=[{SMALL}]"),
-        "python recipes/tle/finetune_decoder.py --config recipes/tle/conf/finetune_tiny.yaml --out exp/whistle/special-tle "
-        "stage2.tle=exp/whistle/tle audio_data.states=exp/whistle/states/general-train "
-        '"text_data.shards=[$HOME/.cache/westkit/data/special-text-limit80]" '
-        '"tts_data.shards=[$HOME/.cache/westkit/data/special-tts-limit80]" mix.text=1 mix.tts=0 '
-        "train.max_steps=60 train.lr=3.0e-5": Run(tiny=f"{FT_TINY} audio_data.shards=[{SMALL}]"),
+        "python recipes/whisper/train.py --config recipes/whisper/conf/whistle_stage2.yaml --out exp/whistle/special-tle "
+        "text.tle=exp/whistle/tle data.states=exp/whistle/states/general-train "
+        '"text.data.shards=[$HOME/.cache/westkit/data/special-text-limit80]" '
+        '"tts.shards=[$HOME/.cache/westkit/data/special-tts-limit80]" mix.text=1 mix.tts=0 '
+        "train.max_steps=60 train.lr=3.0e-5": Run(tiny=f"{FT_TINY} data.shards=[{SMALL}]"),
         "westkit-recognize --whisper base=whisper-tiny.en special-tle=exp/whistle/special-tle/hf ... --shards "
         "~/.cache/westkit/data/asterisk-test ~/.cache/westkit/data/special-test ~/.cache/westkit/data/general-test "
         "--tokens-per-second 0 --base-tokens 128 --max-new-tokens 128 --max-batch-seconds 1e9 --out exp/whistle/table": Run(

@@ -179,12 +179,12 @@ def main(argv=None) -> int:
         banner(f"5. stage 2: adapt the decoder to the specialised domain, {name} ({args.stage2_steps} steps)")
         run_dir = out / name
         if not (run_dir / "hf" / "model.safetensors").exists():
-            run(["recipes/tle/finetune_decoder.py", "--config", "recipes/tle/conf/finetune_tiny.yaml",
-                 "--out", str(run_dir), f"stage2.tle={tle}", f"audio_data.states={states / 'general-train'}",
-                 f"tts_data.states={states / 'special-tts'}",
-                 "text_data.shards=[" + corpora["special-text"] + "]",
-                 "tts_data.shards=[" + corpora["special-tts"] + "]",
-                 "audio_data.shards=[" + corpora["general-train"] + "]",
+            run(["recipes/whisper/train.py", "--config", "recipes/whisper/conf/whistle_stage2.yaml",
+                 "--out", str(run_dir), f"text.tle={tle}", f"data.states={states / 'general-train'}",
+                 f"tts.states={states / 'special-tts'}",
+                 "text.data.shards=[" + corpora["special-text"] + "]",
+                 "tts.shards=[" + corpora["special-tts"] + "]",
+                 "data.shards=[" + corpora["general-train"] + "]",
                  f"mix.text={text_w}", f"mix.tts={tts_w}", f"train.max_steps={args.stage2_steps}"],
                 out / f"{name}.log")
         MODELS[name] = str(run_dir / "hf")

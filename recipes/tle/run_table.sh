@@ -45,8 +45,8 @@ fi
 # ---- stage 2: three adaptations per domain -----------------------------------------------------
 adapt() {  # adapt OUT TEXT_SHARDS TTS_SHARDS TEXT_WEIGHT TTS_WEIGHT (a finished run is kept)
   [ -f "$1/hf/model.safetensors" ] && return 0
-  python recipes/tle/finetune_decoder.py --config recipes/tle/conf/finetune_tiny.yaml --out "$1" \
-    stage2.tle="$EXP/tle" audio_data.states="$STATES" "text_data.shards=[$2]" "tts_data.shards=[$3]" \
+  python recipes/whisper/train.py --config recipes/whisper/conf/whistle_stage2.yaml --out "$1" \
+    text.tle="$EXP/tle" data.states="$STATES" "text.data.shards=[$2]" "tts.shards=[$3]" \
     mix.text="$4" mix.tts="$5" train.max_steps="$STAGE2_STEPS" train.lr="$STAGE2_LR"
 }
 adapt "$EXP/audio-only" "$special_text" "$special_tts" 0 0   # control: general speech replay only

@@ -12,11 +12,19 @@ deterministic fraction of those inputs for evaluation. Every evaluation decodes 
 one decoder (`westkit.decode.recognizers.WhisperRecognizer`) and scores WER with the one scorer;
 the best model by dev WER is exported to ``OUT/best`` beside the latest checkpoint, and the end of
 training exports ``OUT/hf`` (merged plain Whisper), ``OUT/adapter`` (PEFT) and ``OUT/ct2``
-(CTranslate2) as ``whisper.export`` lists. The same model (`westkit.models.whistle.WhisTLE`) is
-WhisTLE's stage 2 when a TLE makes encoder states for text-only batches: add a ``text:``
-section (``text.tle=exp/whistle/tle text.data.shards=[special-text]``) and text-only batches
-are interleaved with the speech ones (recipes/tle/finetune_decoder.py runs the same model with
-stage 2's own config and its TTS source).
+(CTranslate2) as ``whisper.export`` lists.
+
+The same model (`westkit.models.whistle.WhisTLE`) is WhisTLE's stage 2 (``conf/whistle_stage2.yaml``):
+up to three batch sources are interleaved by `MixedLoader` at the ``mix`` weights, in this order:
+``text`` (the ``text:`` section: text-only shards whose encoder states come from the frozen
+stage-1 TLE), ``audio`` (``data``: paired speech) and ``tts`` (the ``tts:`` section: synthetic
+speech of the in-domain text); both speech sources go through the real encoder, or read
+precomputed states (``data.states``, ``tts.states``: `westkit-encode` of this model's encoder,
+checked by fingerprint). A source is used when its section is there and its weight is > 0, so
+TTS-only adaptation is ``mix.text=0 mix.tts=1``.
+
+    python recipes/whisper/train.py --config recipes/whisper/conf/whistle_stage2.yaml \\
+        --out exp/whistle/special-tle text.tle=exp/whistle/tle text.data.shards=[special-text]
 
 Defaults that follow the strategy: ``train.trainable`` left at ``["*"]`` becomes the decoder
 (full, encoder frozen), everything (full, encoder trained) or the adapters (lora/qlora);
@@ -29,19 +37,22 @@ from dataclasses import dataclass, field
 
 from westkit import recipe
 from westkit.data.loader import LoaderConfig, build_loader
-from westkit.data.mixing import MixedLoader
+from westkit.data.mixing import MixConfig, MixedLoader
 from westkit.data.pipeline import tokenize
 from westkit.data.convert import as_shards
+from westkit.data.states import check_states
 from westkit.decode.recognizers import WhisperRecognizer
 from westkit.decode.scoring import WERAccumulator
 from westkit.decode.search import GenerateConfig
 from westkit.models.features import SAMPLE_RATE
 from westkit.models.tle import load_tle
+from westkit.models.whisper import encoder_fingerprint
 from westkit.models.whistle import WhisperFinetuneConfig, WhisTLE
 from westkit.train import TrainConfig, Trainer, distributed
 from westkit.train.best import BestKeeper
 
 STRATEGY_LR = {"full": 1e-5, "lora": 1e-3, "qlora": 1e-3}
+SOURCES = ("text", "audio", "tts")   # the mix's order (it breaks ties of the ratio schedule)
 
 
 @dataclass
@@ -68,11 +79,15 @@ class EvalConfig:
 @dataclass
 class TextSource:
     """The ``text:`` section (WhisTLE stage 2's text source): text-only batches whose encoder
-    states come from a frozen stage-1 TLE, mixed with the speech batches (`MixedLoader`)."""
-    tle: str                    # output folder of recipes/tle/train.py
+    states come from a frozen stage-1 TLE, mixed with the speech batches at ``mix.text``."""
+    tle: str | None = None      # output folder of recipes/tle/train.py
     data: LoaderConfig = field(default_factory=LoaderConfig)
-    weight: float = 1.0         # text batches per speech batch (mode ratio)
     sample_z: bool = True       # z ~ q(z|text) (else its mean)
+
+    def __post_init__(self):
+        if not self.tle:
+            raise ValueError("text.tle: the text source needs the stage-1 TLE: set "
+                             "text.tle=<output folder of recipes/tle/train.py>, or text=null")
 
 
 @dataclass
@@ -80,6 +95,8 @@ class RecipeConfig:
     whisper: WhisperFinetuneConfig = field(default_factory=WhisperFinetuneConfig)
     data: WhisperData = field(default_factory=WhisperData)
     text: TextSource | None = None
+    tts: LoaderConfig | None = None
+    mix: MixConfig = field(default_factory=MixConfig)
     eval_data: LoaderConfig | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(ds_config="zero2"))
@@ -95,10 +112,19 @@ class RecipeConfig:
                              "set data.test_split=0 or eval_data=null")
         if self.whisper.strategy == "qlora" and self.train.ds_config == "zero3":
             raise ValueError("whisper.strategy=qlora: ZeRO-3 cannot shard 4-bit weights; use train.ds_config=zero2")
-        if self.text is not None and self.text.weight <= 0:
-            raise ValueError(f"text.weight must be > 0, got {self.text.weight}; drop the text section instead")
+        if self.mix.tts > 0 and self.tts is None:
+            raise ValueError(f"mix.tts={self.mix.tts} but there is no `tts` section; add one with its "
+                             "shards or set mix.tts=0")
+        if not self.sources():
+            raise ValueError("no batch source: mix.audio=0 and no text/tts section with a weight > 0")
         if not self.train.export_trainable and self.whisper.export:
             raise ValueError("train.export_trainable=false writes no artifact; leave it true or set whisper.export=[]")
+
+    def sources(self) -> dict[str, float]:
+        """name -> mix weight of every batch source in use (section given, weight > 0), in
+        `SOURCES` order."""
+        given = {"text": self.text is not None, "audio": True, "tts": self.tts is not None}
+        return {s: self.mix.weight(s) for s in SOURCES if given[s] and self.mix.weight(s) > 0}
 
 
 def make_eval(run: recipe.Run, model: WhisTLE, loader):
@@ -113,7 +139,9 @@ def make_eval(run: recipe.Run, model: WhisTLE, loader):
         reader, wer = WhisperRecognizer(model.whisper, model.tokenizer, gen), WERAccumulator()
         started, audio = time.perf_counter(), 0.0
         for batch in recipe.eval_batches(loader, cfg.eval.batches, info.device):
-            hyps = reader(batch["audio"], batch["audio_lens"], recipe.everyone_done(info.device))
+            done = recipe.everyone_done(info.device)
+            hyps = (reader.decode_states(batch["states"].float(), batch["audio_lens"], done) if "states" in batch
+                    else reader(batch["audio"], batch["audio_lens"], done))
             wer.add(batch["texts"], [h.text for h in hyps])
             audio += float(batch["audio_lens"].sum()) / SAMPLE_RATE
         score = wer.reduce(distributed.all_sum, info.device).result()
@@ -127,31 +155,63 @@ def make_eval(run: recipe.Run, model: WhisTLE, loader):
 def main(argv=None) -> int:
     run = recipe.start(RecipeConfig, __doc__, argv)
     cfg, info = run.cfg, run.info
-    train_shards, held_out = as_shards(cfg.data.shards, run.out / "data", cfg.data.test_split)
-    tle = load_tle(cfg.text.tle) if cfg.text else None
+    sources = cfg.sources()
+    tle = load_tle(cfg.text.tle) if "text" in sources else None
     model = WhisTLE.from_config(cfg.whisper, tle, sample_z=cfg.text.sample_z if cfg.text else True)
+    check_precomputed_states(cfg, sources, model)
     steps = [tokenize("targets", model.text.targets)]
-    loader = build_loader(dataclasses.replace(cfg.data, shards=train_shards), info.rank, info.world_size,
-                          steps=steps)
-    loader.require_audio("Whisper fine-tuning learns from paired speech")
-    if cfg.text:  # WhisTLE stage 2: text-only batches through the TLE, interleaved with speech
-        text = build_loader(cfg.text.data, info.rank, info.world_size,
-                            steps=[*steps, tokenize("text_ids", model.text.text_ids)])
-        loader = MixedLoader({"audio": loader, "text": text}, {"audio": 1.0, "text": cfg.text.weight},
-                             mode="ratio", seed=cfg.data.seed)
-    eval_data = cfg.eval_data or (dataclasses.replace(LoaderConfig(), shards=held_out, shuffle=False,
-                                                      num_workers=0, max_batch_size=cfg.data.max_batch_size)
-                                  if held_out else None)
-    eval_fn = None
-    if eval_data is not None:
-        eval_shards, _ = as_shards(eval_data.shards, run.out / "data")
-        eval_fn = make_eval(run, model, build_loader(dataclasses.replace(eval_data, shards=eval_shards),
-                                                     info.rank, info.world_size, train=False, steps=steps))
+    loaders = {name: build_source(name, cfg, run, steps, model) for name in sources}
+    loader = (loaders["audio"] if list(sources) == ["audio"]
+              else MixedLoader(loaders, sources, mode=cfg.mix.mode, seed=cfg.mix.seed))
+    dev = build_eval_loader(cfg, run, steps)
+    eval_fn = make_eval(run, model, dev) if dev is not None else None
     run.say(f"whisper.strategy={cfg.whisper.strategy} freeze_encoder={cfg.whisper.freeze_encoder} "
-            f"trainable={cfg.train.trainable} lr={cfg.train.lr}")
+            f"trainable={cfg.train.trainable} lr={cfg.train.lr} sources={sources}")
     Trainer(model, loader, cfg.train, run.out, eval_fn=eval_fn).fit()
     run.say(f"exported {', '.join(str(run.out / e) for e in cfg.whisper.export)}")
     return 0
+
+
+def build_source(name: str, cfg: RecipeConfig, run: recipe.Run, steps: list, model: WhisTLE):
+    """The train loader of one batch source: ``audio`` (``data``, raw inputs converted to
+    shards), ``tts`` (synthetic speech) or ``text`` (TLE text-only batches, with text ids)."""
+    info = run.info
+    if name == "text":
+        return build_loader(cfg.text.data, info.rank, info.world_size,
+                            steps=[*steps, tokenize("text_ids", model.text.text_ids)])
+    if name == "audio":
+        shards, _ = as_shards(cfg.data.shards, run.out / "data", cfg.data.test_split)
+        data = dataclasses.replace(cfg.data, shards=shards)
+    else:
+        data = cfg.tts
+    loader = build_loader(data, info.rank, info.world_size, steps=steps)
+    loader.require_audio(f"the {name} source of Whisper fine-tuning is paired speech")
+    return loader
+
+
+def build_eval_loader(cfg: RecipeConfig, run: recipe.Run, steps: list):
+    """The dev loader: ``eval_data``, or the part of ``data`` that ``data.test_split`` holds
+    out (the conversion is cached, so asking again costs nothing); None without either."""
+    if cfg.eval_data is not None:
+        eval_shards, _ = as_shards(cfg.eval_data.shards, run.out / "data")
+        data = dataclasses.replace(cfg.eval_data, shards=eval_shards)
+    else:
+        _, held_out = as_shards(cfg.data.shards, run.out / "data", cfg.data.test_split)
+        if not held_out:
+            return None
+        data = dataclasses.replace(LoaderConfig(), shards=held_out, shuffle=False, num_workers=0,
+                                   max_batch_size=cfg.data.max_batch_size)
+    return build_loader(data, run.info.rank, run.info.world_size, train=False, steps=steps)
+
+
+def check_precomputed_states(cfg: RecipeConfig, sources: dict, model: WhisTLE) -> None:
+    """States made by `westkit-encode` are only valid for this model's encoder."""
+    used = [d for d in (cfg.data if "audio" in sources else None, cfg.tts if "tts" in sources else None,
+                        cfg.eval_data) if d is not None and d.states]
+    if used:
+        fingerprint = encoder_fingerprint(model.whisper.model.encoder)
+        for data in used:
+            check_states(data.states, fingerprint)
 
 
 if __name__ == "__main__":

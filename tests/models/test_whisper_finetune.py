@@ -131,6 +131,48 @@ def test_qlora_runs_forward_and_backward_on_cpu(whisper_tiny_path):
     assert grads(model, "whisper.model.decoder.") and not grads(model, "whisper.model.encoder.")
 
 
+@pytest.mark.slow
+def test_qlora_live_eval_matches_merged_export(whisper_tiny_path, tmp_path, monkeypatch):
+    """A few QLoRA steps, then the recipe's training-time evaluation (the live 4-bit model
+    through `WhisperRecognizer`) scores what the merged export (float32 base + adapter) scores.
+    The host is made to look like one with AVX512-BF16, where bitsandbytes 0.50 switches eval-mode
+    ``Linear4bit`` layers to a repacked bfloat16 kernel (the cause of the 169% live WER);
+    `same_4bit_path_in_eval` must keep them on the training path."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.nn.modules as bnb_modules
+
+    from westkit.decode.recognizers import WhisperRecognizer
+    from westkit.decode.scoring import WERAccumulator
+    from westkit.decode.search import GenerateConfig
+    from westkit.models.whisper import load_whisper
+    from westkit.train import freeze
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    cfg = WhisperFinetuneConfig(model=whisper_tiny_path, strategy="qlora")
+    model = WhisTLE.from_config(cfg)
+    freeze(model, cfg.trainable_patterns())
+    batch = batch_of(whisper_tiny_path, list(PROMPTS))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    torch.manual_seed(0)
+    for _ in range(3):
+        model.train()(batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+
+    def wer(whisper, tokenizer) -> float:
+        hyps = WhisperRecognizer(whisper, tokenizer, GenerateConfig(max_new_tokens=32))(batch["audio"], batch["audio_lens"])
+        return WERAccumulator().add(batch["texts"], [h.text for h in hyps]).result().wer
+
+    model.eval()
+    with torch.no_grad():
+        live = wer(model.whisper, model.tokenizer)
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.export(tmp_path, state)
+    merged = wer(*load_whisper(str(tmp_path / "hf")))
+    assert merged < 0.3, merged            # the export is still a recogniser of these prompts
+    assert abs(live - merged) <= 0.1, (live, merged)
+
+
 def _nudged_lora(whisper_tiny_path, strategy="lora"):
     """A LoRA model whose adapters are not zero (as after training), and its export state."""
     cfg = WhisperFinetuneConfig(model=whisper_tiny_path, strategy=strategy, export=["hf", "adapter", "ct2"],

@@ -1,7 +1,8 @@
 """WhisTLE recipes end to end on a tiny random Whisper: stage 1 -> stage 2 -> HF folder -> scoring.
 
-The shipped configs are used as they are, with command-line overrides for the tiny model and
-data only, so a broken key in recipes/tle/conf/*.yaml fails here.
+Stage 2 is the Whisper recipe (recipes/whisper/train.py) with its stage-2 config. The shipped
+configs are used as they are, with command-line overrides for the tiny model and data only, so
+a broken key in recipes/tle/conf/*.yaml or recipes/whisper/conf/whistle_stage2.yaml fails here.
 """
 import importlib.util
 import json
@@ -20,6 +21,8 @@ from westkit.data.shards import Entry, write_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "tle"
+STAGE2 = ROOT / "recipes" / "whisper" / "train.py"                 # WhisTLE stage 2
+STAGE2_CONF = ROOT / "recipes" / "whisper" / "conf" / "whistle_stage2.yaml"
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def tiny(tmp_path_factory):
 def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.pop("RANK", None)
-    proc = subprocess.run([sys.executable, str(RECIPE / script), *args], cwd=cwd, env=env,
+    proc = subprocess.run([sys.executable, str(RECIPE / script if "/" not in script else script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -106,12 +109,12 @@ def test_stage1_then_stage2_then_scoring(tiny, tmp_path):
     assert read_states_index(states)["count"] == len(TEXTS)
 
     stage2 = tmp_path / "ft"
-    run("finetune_decoder.py", "--config", str(RECIPE / "conf" / "finetune_tiny.yaml"), "--out", str(stage2),
-        f"stage2.whisper={whisper}", f"stage2.tle={stage1}", f"audio_data.states={states}",
-        f"text_data.shards=[{tiny / 'text'}]", f"audio_data.shards=[{tiny / 'paired'}]",
-        f"tts_data.shards=[{tiny / 'paired'}]", f"eval_data={{shards: [{tiny / 'paired'}], num_workers: 0}}",
-        "mix.tts=1", "audio_data.num_workers=0", "tts_data.num_workers=0", "text_data.max_batch_size=3",
-        "audio_data.max_batch_size=3", "tts_data.max_batch_size=3",
+    run(str(STAGE2), "--config", str(STAGE2_CONF), "--out", str(stage2),
+        f"whisper.model={whisper}", f"text.tle={stage1}", f"data.states={states}",
+        f"text.data.shards=[{tiny / 'text'}]", f"data.shards=[{tiny / 'paired'}]",
+        f"tts.shards=[{tiny / 'paired'}]", f"eval_data={{shards: [{tiny / 'paired'}], num_workers: 0}}",
+        "mix.tts=1", "data.num_workers=0", "tts.num_workers=0", "text.data.max_batch_size=3",
+        "data.max_batch_size=3", "tts.max_batch_size=3",
         "train.max_steps=3", "train.warmup_steps=1", "train.log_every=1", "train.lr=0.01", cwd=tmp_path)
     trained = load_file(str(stage2 / "trainable.safetensors"))
     assert trained and all(k.startswith("whisper.model.decoder.") for k in trained)
@@ -138,18 +141,16 @@ def test_stage1_then_stage2_then_scoring(tiny, tmp_path):
 
 
 def test_stage2_config_errors(tiny, tmp_path):
-    proc = subprocess.run([sys.executable, str(RECIPE / "finetune_decoder.py"), "--config",
-                           str(RECIPE / "conf" / "finetune_tiny.yaml"), "--out", str(tmp_path / "x"),
-                           "stage2.tle=null", "mix.text=1"],
+    proc = subprocess.run([sys.executable, str(STAGE2), "--config", str(STAGE2_CONF), "--out", str(tmp_path / "x"),
+                           "text.tle=null", "mix.text=1"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    assert proc.returncode != 0 and "stage2.tle" in proc.stderr
-    proc = subprocess.run([sys.executable, str(RECIPE / "finetune_decoder.py"), "--config",
-                           str(RECIPE / "conf" / "finetune_tiny.yaml"), "--out", str(tmp_path / "x"),
-                           "mix.tts=2", "tts_data=null"],
+    assert proc.returncode != 0 and "text.tle" in proc.stderr
+    proc = subprocess.run([sys.executable, str(STAGE2), "--config", str(STAGE2_CONF), "--out", str(tmp_path / "x"),
+                           "mix.tts=2", "tts=null"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, HF_HUB_OFFLINE="1", WESTKIT_HOME=str(tmp_path / "home")))
-    assert proc.returncode != 0 and "tts_data" in proc.stderr
+    assert proc.returncode != 0 and "no `tts` section" in proc.stderr
 
 
 def test_make_tts_speaks_the_text_shards(tiny, tmp_path):
@@ -160,8 +161,7 @@ def test_make_tts_speaks_the_text_shards(tiny, tmp_path):
 
 
 def test_stage2_refuses_a_missing_export(tmp_path):
-    proc = subprocess.run([sys.executable, str(RECIPE / "finetune_decoder.py"), "--config",
-                           str(RECIPE / "conf" / "finetune_tiny.yaml"), "--out", str(tmp_path / "x"),
+    proc = subprocess.run([sys.executable, str(STAGE2), "--config", str(STAGE2_CONF), "--out", str(tmp_path / "x"),
                            "train.export_trainable=false"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert proc.returncode == 2 and "export_trainable=false" in proc.stderr
@@ -183,7 +183,8 @@ def test_both_stages_run_under_zero3_on_two_ranks(tiny, tmp_path):
 
     def torchrun(script, *args):
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_port", str(29500 + len(script)), str(RECIPE / script), *args, *common],
+                               "--master_port", str(29500 + len(script)), str(RECIPE / script if "/" not in script else script),
+                               *args, *common],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     torchrun("train.py", "--config", str(RECIPE / "conf" / "tle_tiny.yaml"), "--out", str(tmp_path / "tle"),
@@ -191,8 +192,8 @@ def test_both_stages_run_under_zero3_on_two_ranks(tiny, tmp_path):
              f"eval_data={{shards: [{tiny / 'paired'}], num_workers: 0}}", "data.num_workers=0",
              "data.max_batch_size=2", *TINY_TLE)
     assert (tmp_path / "tle" / "tle.safetensors").is_file()
-    torchrun("finetune_decoder.py", "--config", str(RECIPE / "conf" / "finetune_tiny.yaml"),
-             "--out", str(tmp_path / "ft"), f"stage2.whisper={whisper}", f"stage2.tle={tmp_path / 'tle'}",
-             f"text_data.shards=[{tiny / 'text'}]", f"audio_data.shards=[{tiny / 'paired'}]",
-             "audio_data.num_workers=0", "text_data.max_batch_size=2", "audio_data.max_batch_size=2")
+    torchrun(str(STAGE2), "--config", str(STAGE2_CONF),
+             "--out", str(tmp_path / "ft"), f"whisper.model={whisper}", f"text.tle={tmp_path / 'tle'}",
+             f"text.data.shards=[{tiny / 'text'}]", f"data.shards=[{tiny / 'paired'}]",
+             "data.num_workers=0", "text.data.max_batch_size=2", "data.max_batch_size=2")
     assert (tmp_path / "ft" / "hf" / "model.safetensors").is_file()

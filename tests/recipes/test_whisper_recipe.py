@@ -114,7 +114,8 @@ def test_full_with_trained_encoder_on_two_ranks(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_whistle_stage2_is_this_recipe_with_a_text_source(tiny, tmp_path):
-    """A `text:` section adds TLE text-only batches, interleaved 1:1 with the speech batches."""
+    """A `text:` section adds TLE text-only batches, interleaved 1:1 with the speech batches
+    (text first: the mix's order is text, audio, tts)."""
     from westkit.data.shards import Entry, write_shards
     from westkit.models.tle import TLE, TLEConfig, save_tle
 
@@ -128,7 +129,7 @@ def test_whistle_stage2_is_this_recipe_with_a_text_source(tiny, tmp_path):
         f"text={{tle: {tmp_path / 'tle'}, data: {{shards: [{tmp_path / 'text'}], max_batch_size: 3, num_workers: 0}}}}",
         cwd=tmp_path)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    assert [r["text_only_batches"] for r in rows if r.get("kind") == "train"] == [0, 1, 0, 1]
+    assert [r["text_only_batches"] for r in rows if r.get("kind") == "train"] == [1, 0, 1, 0]
     assert (out / "hf" / "model.safetensors").is_file()
 
 
@@ -154,6 +155,21 @@ def test_shipped_configs_build(name):
         assert c.train.lr == module.STRATEGY_LR[strategy]
     explicit = module.recipe.load_config(module.RecipeConfig, str(RECIPE / "conf" / name), ["train.lr=3e-4"])
     assert explicit.train.lr == 3e-4
+
+
+def test_whistle_stage2_config_names_its_sources():
+    """WhisTLE stage 2's config: the sources in use, in the mix's order (it breaks the ratio
+    schedule's ties, so the recorded stage-2 losses depend on it), and its own lr."""
+    module = load_recipe()
+    conf = str(RECIPE / "conf" / "whistle_stage2.yaml")
+    cfg = module.recipe.load_config(module.RecipeConfig, conf)
+    assert cfg.sources() == {"text": 1.0, "audio": 1.0}       # tts: 0 by default
+    assert cfg.train.lr == 3e-5 and cfg.train.trainable == ["whisper.model.decoder.*"]
+    assert list(module.recipe.load_config(module.RecipeConfig, conf, ["mix.tts=1"]).sources()) == ["text", "audio", "tts"]
+    tts_only = module.recipe.load_config(module.RecipeConfig, conf, ["mix.text=0", "mix.audio=0", "mix.tts=1"])
+    assert tts_only.sources() == {"tts": 1.0}
+    plain = module.recipe.load_config(module.RecipeConfig, str(RECIPE / "conf" / "tiny.yaml"))
+    assert plain.sources() == {"audio": 1.0}                  # no text section: mix.text does not apply
 
 
 @pytest.mark.parametrize("overrides,needle", [

@@ -204,10 +204,33 @@ def load_base(name_or_path: str, quantize: bool = False):
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
                            bnb_4bit_use_double_quant=False)
     try:
-        return WhisperForConditionalGeneration.from_pretrained(path, quantization_config=q, device_map={"": "cpu"})
+        whisper = WhisperForConditionalGeneration.from_pretrained(path, quantization_config=q, device_map={"": "cpu"})
     except (RuntimeError, ImportError) as e:
         raise ValueError(f"whisper.strategy=qlora: bitsandbytes cannot quantise here ({e}); "
                          "use strategy lora") from None
+    return same_4bit_path_in_eval(whisper)
+
+
+def same_4bit_path_in_eval(model: nn.Module) -> nn.Module:
+    """Make every bitsandbytes ``Linear4bit`` in ``model`` compute in eval mode as it does in
+    training (dequantise, float32 matmul); returns ``model``.
+
+    bitsandbytes 0.50, on a CPU whose library reports AVX512-BF16, switches a ``Linear4bit``
+    to another kernel on its first eval-mode forward without gradients: it repacks the weight
+    in place into a CPU layout and multiplies in bfloat16 through ``gemv_4bit``. Training-time
+    evaluation of a QLoRA model therefore decoded through numerics the adapters were never
+    trained on, and left the weights repacked, so the training steps after it ran through that
+    kernel too. Forced on where the library does not report the feature, it returns output
+    uncorrelated with the layer's (relative error 1.4 = sqrt(2)), and gradients to match; the
+    untrained 4-bit whisper-tiny.en then decodes only commas. Turning it off keeps one path per layer, on any
+    host (`tests/models/test_whisper_finetune.py::test_qlora_live_eval_matches_merged_export`).
+    """
+    import bitsandbytes as bnb
+
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+    return model
 
 
 class WhisTLE(nn.Module):
@@ -302,7 +325,7 @@ class WhisTLE(nn.Module):
         with torch.no_grad():
             if self.tle is None:
                 raise ValueError("a text-only batch reached a WhisTLE without a TLE: give the "
-                                 "stage-1 run (stage2.tle) or drop the text-only source")
+                                 "stage-1 run (text.tle) or drop the text-only source")
             langs = language_ids(batch["langs"], self.tle.cfg.langs, batch["text_ids"].device)
             return self.tle(batch["text_ids"], batch["text_lens"], langs=langs,
                             sample=self.sample_z).states.to(dtype)
