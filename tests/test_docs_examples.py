@@ -145,7 +145,7 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "--config recipes/west/conf/large.yaml --out /shared/exp/west1": Skip(SLURM + "; GPUs, large.yaml's hub models"),
         "CONFIG=recipes/west/conf/tiny.yaml OUT_DIR=/shared/exp/west_tiny sbatch --partition=gpu --account=speech "
         "--nodes=4 --time=48:00:00 slurm/west.sh train.lr=1e-4": Skip(SLURM + "; a site's partition and account"),
-        "STAGES=2 OUT_DIR=/shared/exp/whistle sbatch slurm/tle.sh 'text_data.shards=[/shared/shards/my-text]'": Skip(
+        "STAGES=2 OUT_DIR=/shared/exp/whistle sbatch slurm/tle.sh 'text.data.shards=[/shared/shards/my-text]'": Skip(
             SLURM + "; the user's own text shards"),
         "sbatch --gpus-per-node=0 --cpus-per-task=16 slurm/toy.sh": Skip(SLURM),
         "python launch/submit.py [resources] [job options] SCRIPT [SCRIPT ARGS...]": Skip(PLACEHOLDER),

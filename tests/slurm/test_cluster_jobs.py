@@ -113,8 +113,7 @@ def test_tle_sbatch_two_nodes_both_stages(cluster, tmp_path):
     env = {"OUT_DIR": str(out_dir),
            "STAGE1_ARGS": "eval_data=null data.max_batch_size=2 data.num_workers=0 "
                           "stage1.decode_eval=false",
-           "STAGE2_ARGS": "text_data.max_batch_size=2 audio_data.max_batch_size=2 "
-                          "audio_data.num_workers=0"}
+           "STAGE2_ARGS": "text.data.max_batch_size=2 data.max_batch_size=2 data.num_workers=0"}
     job = cluster.sbatch(ROOT / "slurm" / "tle.sh", "train.max_steps=1", "train.warmup_steps=0",
                          "train.log_every=1", cwd=tmp_path, env=env,
                          options=LOCAL_OPTS + ("--nodes=2",))
