@@ -48,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from westkit.data.pipeline import pad_audio  # noqa: E402
 from westkit.decode import longform, timestamps as ts  # noqa: E402
 from westkit.decode.aligned_speech import VOICES, make_utterance  # noqa: E402
 from westkit.models.features import SAMPLE_RATE  # noqa: E402
@@ -126,10 +127,7 @@ def forced_words(rec, utts, batch_size: int, even: bool = False, snap: bool = Tr
     m, out = rec.model, []
     for i in range(0, len(utts), batch_size):
         chunk = utts[i:i + batch_size]
-        lens = torch.tensor([len(u.audio) for u in chunk])
-        audio = torch.zeros(len(chunk), int(lens.max()))
-        for r, u in enumerate(chunk):
-            audio[r, :len(u.audio)] = torch.from_numpy(u.audio)
+        audio, lens = pad_audio([u.audio for u in chunk])
         with torch.no_grad():
             emb, n = m.audio_embeddings(audio, lens)
         refs = [Transcript(u.text, m.prompt.target(u.text)[:-1], False, []) for u in chunk]

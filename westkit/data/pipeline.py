@@ -110,18 +110,22 @@ def run_steps(raw: dict, extra: tuple = ()) -> dict:
     return sample
 
 
+def pad_audio(waves: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms (T_i,) (arrays or tensors) -> (audio (B, max T) float32 zero-padded, lens (B,))."""
+    lens = [len(w) for w in waves]
+    audio = np.zeros((len(waves), max(lens)), dtype=np.float32)
+    for i, w in enumerate(waves):
+        audio[i, :lens[i]] = np.asarray(w, dtype=np.float32)
+    return torch.from_numpy(audio), torch.tensor(lens, dtype=torch.long)
+
+
 def collate(samples: list[dict]) -> dict:
     """Samples -> one batch (see the module docstring); audio zero-padded to the longest."""
     batch = {"keys": [s["key"] for s in samples], "texts": [s["text"] for s in samples],
              "langs": [s["lang"] for s in samples]}
     if any("audio" in s for s in samples):
         assert all("audio" in s for s in samples), "the planner never mixes text-only and audio samples"
-        lens = [len(s["audio"]) for s in samples]
-        audio = np.zeros((len(samples), max(lens)), dtype=np.float32)
-        for i, s in enumerate(samples):
-            audio[i, :lens[i]] = s["audio"]
-        batch["audio"] = torch.from_numpy(audio)
-        batch["audio_lens"] = torch.tensor(lens, dtype=torch.long)
+        batch["audio"], batch["audio_lens"] = pad_audio([s["audio"] for s in samples])
     for field, (lens_key, pad) in TOKEN_FIELDS.items():
         if field in samples[0]:
             rows = [s[field] for s in samples]

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from westkit.data.pipeline import pad_audio
 from westkit.decode import timestamps as ts
 from westkit.models.features import SAMPLE_RATE
 
@@ -47,10 +48,7 @@ def attention_data(rec, utts, batch_size: int = 8) -> list[dict]:
     out = []
     for i in range(0, len(utts), batch_size):
         chunk = utts[i:i + batch_size]
-        lens = torch.tensor([len(u.audio) for u in chunk])
-        audio = torch.zeros(len(chunk), int(lens.max()))
-        for r, u in enumerate(chunk):
-            audio[r, :len(u.audio)] = torch.from_numpy(u.audio)
+        audio, lens = pad_audio([u.audio for u in chunk])
         ids = [m.prompt.target(u.text)[:-1] for u in chunk]
         with torch.no_grad():
             emb, n = m.audio_embeddings(audio.to(rec.device), lens.to(rec.device))
