@@ -128,7 +128,7 @@ def transcribe(inputs: list[str], model: str, beam: int = 1, language: str | Non
     window = int(longform.LongformConfig().max_window * SAMPLE_RATE)
     whole = [i for i, a in enumerate(audios) if len(a) <= window and not word_timestamps]
     short = decode(rec, _batches_of_files([files[i] for i in whole], [audios[i] for i in whole], batch_size), model)
-    rest = [i for i in range(len(files)) if i not in set(whole)]
+    rest = sorted(set(range(len(files))) - set(whole))
     if not rest:
         return short
     cfg = longform.LongformConfig(batch_size=batch_size)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from westkit.data.pipeline import pad_audio
 from westkit.decode import ct2
 from westkit.decode.search import GenerateConfig
 
@@ -18,14 +18,6 @@ ASTERISK = Path("/usr/share/asterisk/sounds/en")
 TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 PROMPTS = ["agent-alreadyon", "conf-onlyperson", "privacy-unident", "tt-weasels", "vm-incorrect",
            "queue-thankyou", "agent-pass", "conf-getpin"]
-
-
-def _batch(audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    lens = torch.tensor([len(a) for a in audios])
-    audio = torch.zeros(len(audios), int(lens.max()))
-    for i, a in enumerate(audios):
-        audio[i, :len(a)] = torch.from_numpy(a)
-    return audio, lens
 
 
 def test_conversion_is_cached_and_follows_the_checkpoint(tiny_whisper_dir, tmp_path, monkeypatch):
@@ -65,7 +57,7 @@ def test_tiny_random_whisper_decodes_like_transformers(tiny_whisper_dir, tmp_pat
 
     monkeypatch.setenv("WESTKIT_HOME", str(tmp_path / "home"))
     rng = np.random.default_rng(0)
-    audio, lens = _batch([rng.standard_normal(n).astype(np.float32) * 0.1 for n in (8000, 24000, 40000)])
+    audio, lens = pad_audio([rng.standard_normal(n).astype(np.float32) * 0.1 for n in (8000, 24000, 40000)])
     gen = GenerateConfig(max_new_tokens=40)
     budgets = token_budget(lens, gen)
     ref = ct2.whisper_recognizer(str(tiny_whisper_dir), gen)(audio, lens)
@@ -96,7 +88,7 @@ def test_real_whisper_ids_words_and_int8(whisper_tiny_path, asterisk):
     from westkit.decode.scoring import score
 
     audios, refs = asterisk
-    audio, lens = _batch(audios)
+    audio, lens = pad_audio(audios)
     gen = GenerateConfig()
     hf = ct2.whisper_recognizer(whisper_tiny_path, gen)
     fp32 = ct2.whisper_recognizer(whisper_tiny_path, gen, backend="ctranslate2", compute_type="float32")

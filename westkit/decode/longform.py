@@ -29,6 +29,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from westkit.data.pipeline import pad_audio
 from westkit.decode import timestamps as ts
 from westkit.models.features import SAMPLE_RATE
 
@@ -136,10 +137,7 @@ def transcribe(rec, audios: list[np.ndarray], cfg: LongformConfig | None = None,
     while queue:
         queue.sort(key=lambda j: -(j[2] - j[1]))  # similar lengths together
         chunk, queue = queue[:cfg.batch_size], queue[cfg.batch_size:]
-        lens = torch.tensor([b - a for _, a, b in chunk])
-        audio = torch.zeros(len(chunk), int(lens.max()))
-        for r, (f, a, b) in enumerate(chunk):
-            audio[r, :b - a] = torch.from_numpy(audios[f][a:b])
+        audio, lens = pad_audio([audios[f][a:b] for f, a, b in chunk])
         audio, lens = audio.to(rec.device), lens.to(rec.device)
         outs, words = rec.decode_words(audio, lens, [a / SAMPLE_RATE for _, a, _ in chunk])
         for (f, a, b), t, w in zip(chunk, outs, words):

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from westkit.data.pipeline import pad_audio
 from westkit.decode.search import GenerateConfig, LLMStep, WhisperStep, search, token_budget
 from westkit.decode.timestamps import HEADS_FILE, WestHeads, west_words, whisper_words
 
@@ -110,14 +111,10 @@ class WestRecognizer:
         -> a list. ``instruction`` replaces the prompt's {instruction}, ``context`` (e.g. rare
         words, the previous sentence) fills its {context}; both apply to every waveform."""
         single = not isinstance(audio, (list, tuple))
-        waves = [torch.as_tensor(a, dtype=torch.float32).reshape(-1) for a in ([audio] if single else audio)]
-        lens = torch.tensor([len(w) for w in waves])
-        batch = torch.zeros(len(waves), int(lens.max()))
-        for i, w in enumerate(waves):
-            batch[i, :len(w)] = w
-        device = next(self.model.projector.parameters()).device
-        prompts = [self.model.prompt.render(instruction, context)] * len(waves)
-        texts = [t.text for t in self(batch.to(device), lens.to(device), prompts=prompts)]
+        batch, lens = pad_audio([torch.as_tensor(a, dtype=torch.float32).reshape(-1).cpu()
+                                 for a in ([audio] if single else audio)])
+        prompts = [self.model.prompt.render(instruction, context)] * len(lens)
+        texts = [t.text for t in self(batch.to(self.device), lens.to(self.device), prompts=prompts)]
         return texts[0] if single else texts
 
 

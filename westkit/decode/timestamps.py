@@ -483,22 +483,23 @@ def transcribe_file(path: str, model="whisper-tiny.en", out_dir: str | None = No
                     device: str = "cpu", beam: int = 1, language: str | None = None) -> dict:
     """Transcribe one audio file of any length with word timestamps and confidence.
 
-    ``model``: a Whisper asset name, hub id or folder, or a loaded `WhisperRecognizer` or
-    `WestRecognizer` with its heads (reuse it across files). Long audio is cut at pauses (silero-vad) into windows of at most 30 s,
+    ``model``: a Whisper asset name, hub id or folder, or a loaded recogniser with
+    ``decode_words`` (`WhisperRecognizer`, `westkit.decode.ct2.Ct2WhisperRecognizer`, a
+    `WestRecognizer` with its heads; reuse it across files). Long audio is cut at pauses (silero-vad) into windows of at most 30 s,
     decoded in batches of ``batch_size`` windows (`westkit.decode.longform`). Returns the
     `result_dict`; with ``out_dir``, also writes ``<stem>.json``, ``.srt`` and ``.vtt`` there.
     ValueError names the file if it cannot be read.
     """
     from westkit.data.audio import BadInput, read_audio
     from westkit.decode import longform
-    from westkit.decode.recognizers import WestRecognizer, WhisperRecognizer
+    from westkit.decode.recognizers import WhisperRecognizer
     from westkit.decode.search import GenerateConfig
 
     try:
         audio = read_audio(str(path))
     except BadInput as e:
         raise ValueError(f"{path}: cannot read the audio ({e}); give a wav/flac/mp3/ogg file") from None
-    rec = model if isinstance(model, (WhisperRecognizer, WestRecognizer)) else WhisperRecognizer.load(
+    rec = model if hasattr(model, "decode_words") else WhisperRecognizer.load(
         model, GenerateConfig(beam=beam), torch.device(device), torch.float32, language)
     result = longform.transcribe(rec, [audio], longform.LongformConfig(batch_size=batch_size))[0]
     if out_dir is not None:
