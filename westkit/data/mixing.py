@@ -27,10 +27,11 @@ from typing import Iterable, Literal
 @dataclass
 class MixConfig:
     """Relative weights of named batch sources (0 leaves one out) and how to follow them: the
-    ``mix:`` section of WhisTLE stage 2 (sources ``text``, ``audio``, ``tts``)."""
+    ``mix:`` section of WhisTLE stage 2 (sources ``text``, ``audio``, ``tts``, ``real``)."""
     text: float = 1.0
     audio: float = 1.0
     tts: float = 0.0
+    real: float = 0.0
     mode: Literal["ratio", "random"] = "ratio"   # ratio: deterministic interleaving
     seed: int = 0
 
