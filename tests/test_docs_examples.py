@@ -90,7 +90,7 @@ ASR_CLI = "tests/test_cli_whisper.py runs train/transcribe/evaluate/compare on r
 
 CASES: dict[str, dict[str, Run | Skip]] = {
     "README.md": {
-        "bash launch/demo.sh": Skip("the whole demo: 11-20 min (tests/recipes and tests/test_recipe.py run its parts at tiny scale)"),
+        "bash launch/demo.sh": Skip("the whole demo: 11-26 min (tests/recipes and tests/test_recipe.py run its parts at tiny scale)"),
         "bash launch/test.sh": Skip(SUITE),
     },
     "assets.md": {

@@ -10,7 +10,9 @@
 3. transcribes real speech with the base model and prints transcripts and WER;
 4. trains the text-to-latent encoder (TLE, stage 1) on general paired speech;
 5. adapts the Whisper decoder to the specialised domain from its text (stage 2): with TTS audio
-   of the text only, and with TLE latents of the text + the TTS audio;
+   of the text only, and with TLE latents of the text + the TTS audio; both also replay general
+   espeak-ng speech and real human speech (asterisk-train, the other half of the Asterisk
+   prompts), so the adapted models keep their accuracy on real voices;
 6. scores every model on every test set (``westkit-recognize``), prints the before/after table and writes
    ``OUT/demo.png`` (WER per model and set, and the training curves).
 
@@ -72,8 +74,8 @@ def fetch_assets() -> None:
 
 def build_corpora(asterisk_utts: int) -> dict[str, str]:
     from westkit.data import corpora
-    names = {"asterisk-test": asterisk_utts, "general-train": None, "general-test": None,
-             "special-text": None, "special-tts": None, "special-test": None}
+    names = {"asterisk-test": asterisk_utts, "asterisk-train": None, "general-train": None, "general-test": None,
+             "special-text": None, "special-tts": None, "special-test": None, "special-test-piper": None}
     folders = {}
     for name, limit in names.items():
         folders[name] = str(corpora.make(name, limit=limit))
@@ -152,6 +154,7 @@ def main(argv=None) -> int:
     corpora = build_corpora(args.asterisk_utts)
     sets = {"real speech (Asterisk)": corpora["asterisk-test"],
             "specialised domain": corpora["special-test"],
+            "specialised domain, neural voice (piper)": corpora["special-test-piper"],
             "general domain": corpora["general-test"]}
 
     banner("3. the base model on real speech")
@@ -162,7 +165,7 @@ def main(argv=None) -> int:
         print(f"base WER on {label}: {100 * s['wer']:.1f}% ({s['utterances']} utterances)")
 
     banner(f"4. stage 1: the TLE learns Whisper's encoder states from text ({args.stage1_steps} steps)")
-    for name in ("general-train", "special-tts"):  # both training stages read them
+    for name in ("general-train", "special-tts", "asterisk-train"):  # the training stages read them
         if not (states / name / "index.json").exists():
             run(["-m", "westkit.data.states", corpora[name], "--out", str(states / name),
                  "--model", "whisper-tiny.en"], out / f"encode-{name}.log")
@@ -181,7 +184,8 @@ def main(argv=None) -> int:
         if not (run_dir / "hf" / "model.safetensors").exists():
             run(["recipes/whisper/train.py", "--config", "recipes/whisper/conf/whistle_stage2.yaml",
                  "--out", str(run_dir), f"text.tle={tle}", f"data.states={states / 'general-train'}",
-                 f"tts.states={states / 'special-tts'}",
+                 f"tts.states={states / 'special-tts'}", f"real.states={states / 'asterisk-train'}",
+                 "real.shards=[" + corpora["asterisk-train"] + "]", "mix.real=1",
                  "text.data.shards=[" + corpora["special-text"] + "]",
                  "tts.shards=[" + corpora["special-tts"] + "]",
                  "data.shards=[" + corpora["general-train"] + "]",
