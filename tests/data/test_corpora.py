@@ -31,6 +31,25 @@ def test_make_builds_once_and_is_deterministic(westkit_home, tmp_path):
     assert not list((westkit_home / "data").glob(".*partial"))
 
 
+def test_piper_test_set_is_deterministic_speech_of_held_out_sentences(westkit_home, tmp_path):
+    """special-test-piper: the special-test sentences in piper's neural voice, the same bytes on
+    every build (piper's sampling noise is off), a few seconds of non-silent audio each."""
+    first = corpora.make("special-test-piper", limit=2, progress=False)
+    os.environ["WESTKIT_HOME"] = str(tmp_path)
+    try:
+        again = corpora.make("special-test-piper", limit=2, progress=False)
+    finally:
+        os.environ["WESTKIT_HOME"] = str(westkit_home)
+    assert _digest(again) == _digest(first)
+    cfg = LoaderConfig(shards=[str(first)], num_workers=0, shuffle=False)
+    batches = list(build_loader(cfg, train=False))
+    texts = [t for b in batches for t in b["texts"]]
+    assert len(texts) == 2 and set(texts) <= set(corpora._split("special", test=True))
+    for b in batches:
+        for i, n in enumerate(b["audio_lens"].tolist()):
+            assert 1.0 < n / 16000 < 15.0 and float(b["audio"][i, :n].abs().max()) > 0.05
+
+
 def test_general_corpora_are_speech_of_their_sentences(westkit_home):
     folder = corpora.make("general-test", limit=3, progress=False)
     cfg = LoaderConfig(shards=[str(folder)], num_workers=0, shuffle=False)
