@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from westkit import recipe
 from westkit.data.loader import LoaderConfig, build_loader
-from westkit.data.pipeline import tokenize
+from westkit.data.pipeline import decoder_prefix, tokenize
 from westkit.data.states import check_states
 from westkit.decode.recognizers import WhisperRecognizer
 from westkit.decode.scoring import WERAccumulator
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
                           cfg.stage1.decoder_ce, whisper, text)
     steps = [tokenize("text_ids", text.text_ids)]
     if cfg.stage1.decoder_ce > 0:
-        steps.append(tokenize("targets", text.targets))
+        steps += [tokenize("targets", text.targets), decoder_prefix(text.sample_prefix)]
     for section in (cfg.data, cfg.eval_data):
         if section is not None and section.states:
             check_states(section.states, encoder_fingerprint(whisper.model.encoder))

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from westkit import recipe
 from westkit.data.loader import LoaderConfig, build_loader
 from westkit.data.mixing import MixConfig, MixedLoader
-from westkit.data.pipeline import tokenize
+from westkit.data.pipeline import decoder_prefix, tokenize
 from westkit.data.convert import as_shards
 from westkit.data.states import check_states
 from westkit.decode.recognizers import WhisperRecognizer
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     tle = load_tle(cfg.text.tle) if "text" in sources else None
     model = WhisTLE.from_config(cfg.whisper, tle, sample_z=cfg.text.sample_z if cfg.text else True)
     check_precomputed_states(cfg, sources, model)
-    steps = [tokenize("targets", model.text.targets)]
+    steps = [tokenize("targets", model.text.targets), decoder_prefix(model.text.sample_prefix)]
     loaders = {name: build_source(name, cfg, run, steps, model) for name in sources}
     loader = (loaders["audio"] if list(sources) == ["audio"]
               else MixedLoader(loaders, sources, mode=cfg.mix.mode, seed=cfg.mix.seed))
