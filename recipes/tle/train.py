@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from westkit import recipe
-from westkit.data.loader import LoaderConfig, build_loader
+from westkit.data.loader import LanguageMix, LoaderConfig, build_loader
 from westkit.data.pipeline import decoder_prefix, tokenize
 from westkit.data.states import check_states
 from westkit.decode.recognizers import WhisperRecognizer
@@ -107,6 +107,8 @@ def main(argv=None) -> int:
             check_states(section.states, encoder_fingerprint(whisper.model.encoder))
     loader = build_loader(cfg.data, run.info.rank, run.info.world_size, steps=steps)
     loader.require_audio("the TLE regresses the encoder's states of paired speech")
+    if isinstance(loader, LanguageMix):
+        run.say(f"data: {loader.describe()}")
     Trainer(model, loader, cfg.train, run.out, eval_fn=make_eval(run, whisper, tokenizer, steps)).fit()
     run.say(f"TLE written to {run.out / 'tle.safetensors'}")
     return 0

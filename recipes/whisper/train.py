@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from westkit import recipe
-from westkit.data.loader import LoaderConfig, build_loader
+from westkit.data.loader import LanguageMix, LoaderConfig, build_loader
 from westkit.data.mixing import MixConfig, MixedLoader
 from westkit.data.pipeline import decoder_prefix, tokenize
 from westkit.data.convert import as_shards
@@ -169,6 +169,9 @@ def main(argv=None) -> int:
     check_precomputed_states(cfg, sources, model)
     steps = [tokenize("targets", model.text.targets), decoder_prefix(model.text.sample_prefix)]
     loaders = {name: build_source(name, cfg, run, steps, model) for name in sources}
+    for name, source in loaders.items():
+        if isinstance(source, LanguageMix):
+            run.say(f"{name}: {source.describe()}")
     loader = (loaders["audio"] if list(sources) == ["audio"]
               else MixedLoader(loaders, sources, mode=cfg.mix.mode, seed=cfg.mix.seed))
     dev = build_eval_loader(cfg, run, steps)

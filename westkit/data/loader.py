@@ -628,6 +628,10 @@ class LanguageMix(MixedLoader):
         for loader in self.loaders.values():
             loader.require_audio(why)
 
+    def describe(self) -> str:
+        """One line for the run's log: each language's utterances and sampling probability."""
+        return "languages " + ", ".join(f"{lang}: {n} utts p={self.probs[lang]:.3f}" for lang, n in self.counts.items())
+
 
 def build_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: bool = True,
                  steps: tuple = ()) -> Loader | LanguageMix:
