@@ -148,9 +148,10 @@ def make_eval(run: recipe.Run, model: WhisTLE, loader):
         started, audio = time.perf_counter(), 0.0
         for batch in recipe.eval_batches(loader, cfg.eval.batches, info.device):
             done = recipe.everyone_done(info.device)
-            hyps = (reader.decode_states(batch["states"].float(), batch["audio_lens"], done) if "states" in batch
-                    else reader(batch["audio"], batch["audio_lens"], done))
-            wer.add(batch["texts"], [h.text for h in hyps])
+            langs = batch["langs"]   # each row decoded with, and scored by, its own language
+            hyps = (reader.decode_states(batch["states"].float(), batch["audio_lens"], done, langs)
+                    if "states" in batch else reader(batch["audio"], batch["audio_lens"], done, langs))
+            wer.add(batch["texts"], [h.text for h in hyps], langs)
             audio += float(batch["audio_lens"].sum()) / SAMPLE_RATE
         score = wer.reduce(distributed.all_sum, info.device).result()
         result = {"dev_wer": score.wer, "dev_rtf": (time.perf_counter() - started) / max(audio, 1e-9)}
