@@ -77,8 +77,8 @@ def make_eval(run: recipe.Run, whisper, tokenizer, steps):
             sums["dur_abs_err"] += float((free.n - n).abs().sum())
             sums["utts"] += len(n)
             if cfg.stage1.decode_eval:
-                hyps = reader.decode_states(free.states.to(whisper.proj_out.weight.dtype))
-                wer.add(batch["texts"], [h.text for h in hyps])
+                hyps = reader.decode_states(free.states.to(whisper.proj_out.weight.dtype), langs=batch["langs"])
+                wer.add(batch["texts"], [h.text for h in hyps], batch["langs"])
         sums = distributed.all_sum(sums, info.device)
         result = {k: sums[k] / max(sums["batches"], 1) for k in ("mse", "speech_mse", "full_mse")}
         result["dur_abs_err"] = sums["dur_abs_err"] / max(sums["utts"], 1)

@@ -79,3 +79,13 @@ def test_config_errors_name_the_problem(values, message):
     with pytest.raises(ValueError, match=message) as e:
         build(LoaderConfig, values, "conf.yaml: data")
     assert "data" in str(e.value)
+
+
+def test_padding_report_has_a_line_per_language(tmp_path):
+    from data_helpers import tone_shards
+
+    from westkit.data.loader import padding_report
+
+    langs = {lang: [str(tone_shards(tmp_path / lang, [1.0, 1.5, 2.0], prefix=lang))] for lang in ("en", "de")}
+    lines = padding_report(build_loader(LoaderConfig(langs=langs, num_workers=0))).splitlines()
+    assert [x.split(":")[0] for x in lines] == ["en", "de"] and all("3 utterances" in x for x in lines)

@@ -650,8 +650,11 @@ def build_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: b
     return LanguageMix(loaders, cfg.alpha, cfg.seed)
 
 
-def padding_report(loader: Loader) -> str:
-    """Audio padding of the first epoch's batch plan (metadata only), vs padding to 30 s."""
+def padding_report(loader: Loader | LanguageMix) -> str:
+    """Audio padding of the first epoch's batch plan (metadata only), vs padding to 30 s; one
+    line per language for a `LanguageMix`."""
+    if isinstance(loader, LanguageMix):
+        return "\n".join(f"{lang}: {padding_report(one)}" for lang, one in loader.loaders.items())
     dur = loader.catalog.duration
     if loader.streaming:
         plan = [b for rank in loader.planner.rank_plans(0, loader.world_size, loader.workers, None) for b in rank]
