@@ -37,6 +37,10 @@ def test_sample_prefix_names_the_language(base_tokenizer):
         text.sample_prefix("xx")
     with pytest.raises(ValueError, match="language ''"):
         text.sample_prefix("")
+    # the length check counts the per-row prefix (4 tokens), not the tokenizer's own (2)
+    short = WhisperText(base_tokenizer, max_positions=len(text.targets("one two three")) + 3)
+    with pytest.raises(ValueError, match="exceeds the decoder"):
+        short.targets("one two three")
 
 
 def test_a_set_language_wins_over_the_samples(base_tokenizer):

@@ -221,6 +221,7 @@ class WhisperText:
             sot, task, no_ts = tokenizer.convert_tokens_to_ids(
                 ["<|startoftranscript|>", f"<|{tokenizer.task or 'transcribe'}|>", "<|notimestamps|>"])
             self._frame = (sot, task, no_ts)
+        self.prefix_len = 4 if self.per_language else len(self.prefix)
 
     def sample_prefix(self, lang: str) -> list[int]:
         """Decoder prefix ids for one sample in language ``lang`` (e.g. "de"); see the class doc."""
@@ -238,8 +239,8 @@ class WhisperText:
 
     def targets(self, text: str) -> list[int]:
         ids = self._body(text) + [self.eot]
-        if len(self.prefix) + len(ids) > self.max_positions:
-            raise ValueError(f"transcript of {len(self.prefix) + len(ids)} tokens exceeds the decoder's "
+        if self.prefix_len + len(ids) > self.max_positions:
+            raise ValueError(f"transcript of {self.prefix_len + len(ids)} tokens exceeds the decoder's "
                              f"{self.max_positions} positions: filter long texts ({text[:60]!r}...)")
         return ids
 
