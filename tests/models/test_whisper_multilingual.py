@@ -100,3 +100,11 @@ def test_whistle_forward_uses_the_rows_prefixes(base_tokenizer):
         again = model(dict(batch))["loss"]
     assert torch.equal(per_row, again)
     assert not torch.allclose(per_row, as_german)   # the en row's language token changed the loss
+
+
+def test_tle_langs_and_num_langs_must_agree():
+    from westkit.models.tle import TLEConfig
+
+    assert TLEConfig(num_langs=3, langs=["en", "de", "es"]).num_langs == 3
+    with pytest.raises(ValueError, match="set num_langs: 3"):
+        TLEConfig(langs=["en", "de", "es"])
