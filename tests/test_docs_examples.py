@@ -288,6 +288,15 @@ CASES: dict[str, dict[str, Run | Skip]] = {
             tiny=FT_TINY, creates="exp/whistle/special-tle/hf/model.safetensors"),
         "westkit-recognize --whisper exp/whistle/special-tle/hf --shards special-test --out exp/dec/special-tle": Run(
             tiny=DEC, replace=(("special-test", "$WESTKIT_HOME/data/special-test-limit4"),)),
+        "python recipes/tle/train.py --config recipes/tle/conf/tle_base_multilingual.yaml --out exp/whistle-ml/tle": Run(
+            tiny=TLE_TINY, creates="exp/whistle-ml/tle/tle.safetensors"),
+        "python recipes/whisper/train.py --config recipes/whisper/conf/whistle_stage2_multilingual.yaml "
+        "--out exp/whistle-ml/special-tle text.tle=exp/whistle-ml/tle": Run(
+            tiny=f"{FT_TINY} mix.tts=0", creates="exp/whistle-ml/special-tle/hf/model.safetensors"),
+        "westkit-recognize --whisper base=whisper-base adapted=exp/whistle-ml/special-tle/hf --shards special-test-de "
+        "special-test-es special-test --out exp/whistle-ml/table": Run(
+            tiny=DEC, replace=((" special-test --out", " $WESTKIT_HOME/data/special-test-limit4 --out"),),
+            creates="exp/whistle-ml/table/table.md"),
         "bash recipes/tle/run_table.sh": Skip("the whole results table: about an hour (its steps run one by one below)"),
         # the table's steps, one by one (the corpora named by path are built first, by _inputs_whistle):
         # run_table.sh's own sequence, in a fresh folder (it reuses the names exp/whistle/tle and

@@ -18,8 +18,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from westkit import recipe
-from westkit.data.loader import LoaderConfig, build_loader
-from westkit.data.pipeline import tokenize
+from westkit.data.loader import LanguageMix, LoaderConfig, build_loader
+from westkit.data.pipeline import decoder_prefix, tokenize
 from westkit.data.states import check_states
 from westkit.decode.recognizers import WhisperRecognizer
 from westkit.decode.scoring import WERAccumulator
@@ -77,8 +77,8 @@ def make_eval(run: recipe.Run, whisper, tokenizer, steps):
             sums["dur_abs_err"] += float((free.n - n).abs().sum())
             sums["utts"] += len(n)
             if cfg.stage1.decode_eval:
-                hyps = reader.decode_states(free.states.to(whisper.proj_out.weight.dtype))
-                wer.add(batch["texts"], [h.text for h in hyps])
+                hyps = reader.decode_states(free.states.to(whisper.proj_out.weight.dtype), langs=batch["langs"])
+                wer.add(batch["texts"], [h.text for h in hyps], batch["langs"])
         sums = distributed.all_sum(sums, info.device)
         result = {k: sums[k] / max(sums["batches"], 1) for k in ("mse", "speech_mse", "full_mse")}
         result["dur_abs_err"] = sums["dur_abs_err"] / max(sums["utts"], 1)
@@ -101,12 +101,14 @@ def main(argv=None) -> int:
                           cfg.stage1.decoder_ce, whisper, text)
     steps = [tokenize("text_ids", text.text_ids)]
     if cfg.stage1.decoder_ce > 0:
-        steps.append(tokenize("targets", text.targets))
+        steps += [tokenize("targets", text.targets), decoder_prefix(text.sample_prefix)]
     for section in (cfg.data, cfg.eval_data):
         if section is not None and section.states:
             check_states(section.states, encoder_fingerprint(whisper.model.encoder))
     loader = build_loader(cfg.data, run.info.rank, run.info.world_size, steps=steps)
     loader.require_audio("the TLE regresses the encoder's states of paired speech")
+    if isinstance(loader, LanguageMix):
+        run.say(f"data: {loader.describe()}")
     Trainer(model, loader, cfg.train, run.out, eval_fn=make_eval(run, whisper, tokenizer, steps)).fit()
     run.say(f"TLE written to {run.out / 'tle.safetensors'}")
     return 0

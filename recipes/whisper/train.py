@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from westkit import recipe
-from westkit.data.loader import LoaderConfig, build_loader
+from westkit.data.loader import LanguageMix, LoaderConfig, build_loader
 from westkit.data.mixing import MixConfig, MixedLoader
-from westkit.data.pipeline import tokenize
+from westkit.data.pipeline import decoder_prefix, tokenize
 from westkit.data.convert import as_shards
 from westkit.data.states import check_states
 from westkit.decode.recognizers import WhisperRecognizer
@@ -67,6 +68,8 @@ class WhisperData(LoaderConfig):
         super().__post_init__()
         if not 0 <= self.test_split < 1:
             raise ValueError(f"test_split must be in [0, 1), got {self.test_split}")
+        if self.langs and self.test_split > 0:
+            raise ValueError("test_split cannot hold out data of langs; give eval_data (its own langs or shards)")
 
 
 @dataclass
@@ -145,9 +148,10 @@ def make_eval(run: recipe.Run, model: WhisTLE, loader):
         started, audio = time.perf_counter(), 0.0
         for batch in recipe.eval_batches(loader, cfg.eval.batches, info.device):
             done = recipe.everyone_done(info.device)
-            hyps = (reader.decode_states(batch["states"].float(), batch["audio_lens"], done) if "states" in batch
-                    else reader(batch["audio"], batch["audio_lens"], done))
-            wer.add(batch["texts"], [h.text for h in hyps])
+            langs = batch["langs"]   # each row decoded with, and scored by, its own language
+            hyps = (reader.decode_states(batch["states"].float(), batch["audio_lens"], done, langs)
+                    if "states" in batch else reader(batch["audio"], batch["audio_lens"], done, langs))
+            wer.add(batch["texts"], [h.text for h in hyps], langs)
             audio += float(batch["audio_lens"].sum()) / SAMPLE_RATE
         score = wer.reduce(distributed.all_sum, info.device).result()
         result = {"dev_wer": score.wer, "dev_rtf": (time.perf_counter() - started) / max(audio, 1e-9)}
@@ -164,8 +168,11 @@ def main(argv=None) -> int:
     tle = load_tle(cfg.text.tle) if "text" in sources else None
     model = WhisTLE.from_config(cfg.whisper, tle, sample_z=cfg.text.sample_z if cfg.text else True)
     check_precomputed_states(cfg, sources, model)
-    steps = [tokenize("targets", model.text.targets)]
+    steps = [tokenize("targets", model.text.targets), decoder_prefix(model.text.sample_prefix)]
     loaders = {name: build_source(name, cfg, run, steps, model) for name in sources}
+    for name, source in loaders.items():
+        if isinstance(source, LanguageMix):
+            run.say(f"{name}: {source.describe()}")
     loader = (loaders["audio"] if list(sources) == ["audio"]
               else MixedLoader(loaders, sources, mode=cfg.mix.mode, seed=cfg.mix.seed))
     dev = build_eval_loader(cfg, run, steps)
@@ -186,8 +193,7 @@ def build_source(name: str, cfg: RecipeConfig, run: recipe.Run, steps: list, mod
         return build_loader(cfg.text.data, info.rank, info.world_size,
                             steps=[*steps, tokenize("text_ids", model.text.text_ids)])
     if name == "audio":
-        shards, _ = as_shards(cfg.data.shards, run.out / "data", cfg.data.test_split)
-        data = dataclasses.replace(cfg.data, shards=shards)
+        data, _ = converted(cfg.data, run.out / "data", cfg.data.test_split)
     else:
         data = getattr(cfg, name)
     loader = build_loader(data, info.rank, info.world_size, steps=steps)
@@ -199,15 +205,24 @@ def build_eval_loader(cfg: RecipeConfig, run: recipe.Run, steps: list):
     """The dev loader: ``eval_data``, or the part of ``data`` that ``data.test_split`` holds
     out (the conversion is cached, so asking again costs nothing); None without either."""
     if cfg.eval_data is not None:
-        eval_shards, _ = as_shards(cfg.eval_data.shards, run.out / "data")
-        data = dataclasses.replace(cfg.eval_data, shards=eval_shards)
+        data, _ = converted(cfg.eval_data, run.out / "data")
     else:
-        _, held_out = as_shards(cfg.data.shards, run.out / "data", cfg.data.test_split)
+        _, held_out = converted(cfg.data, run.out / "data", cfg.data.test_split)
         if not held_out:
             return None
         data = dataclasses.replace(LoaderConfig(), shards=held_out, shuffle=False, num_workers=0,
                                    max_batch_size=cfg.data.max_batch_size)
     return build_loader(data, run.info.rank, run.info.world_size, train=False, steps=steps)
+
+
+def converted(data: LoaderConfig, cache: Path, test_split: float = 0.0) -> tuple[LoaderConfig, list[str]]:
+    """(``data`` with its raw inputs converted to shards, every language's too, the held-out
+    shard specs of ``test_split``)."""
+    if data.langs:
+        return dataclasses.replace(data, langs={lang: as_shards(specs, cache)[0]
+                                                for lang, specs in data.langs.items()}), []
+    train, held_out = as_shards(data.shards, cache, test_split)
+    return dataclasses.replace(data, shards=train), held_out
 
 
 def check_precomputed_states(cfg: RecipeConfig, sources: dict, model: WhisTLE) -> None:

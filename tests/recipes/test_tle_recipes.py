@@ -162,6 +162,9 @@ def test_every_stage1_config_builds(name):
     if name == "tle_large-v3.yaml":
         assert cfg.stage1.whisper == "openai/whisper-large-v3" and cfg.train.ds_config == "zero3"
         assert cfg.data.states and cfg.tle.d_conv == 1024 and cfg.tle.margin_frames == 25  # from its base
+    if name == "tle_base_multilingual.yaml":
+        assert cfg.stage1.whisper == "whisper-base" and cfg.tle.langs == ["en", "de", "es"]
+        assert set(cfg.data.langs) == set(cfg.eval_data.langs) == set(cfg.tle.langs) and not cfg.data.shards
 
 
 def test_stage2_config_errors(tiny, tmp_path):

@@ -154,6 +154,9 @@ def test_every_shipped_config_builds(name):
         assert cfg.whisper.model == "openai/whisper-large-v3" and cfg.train.ds_config == "zero3"
         assert set(cfg.sources()) == {"text", "audio", "tts", "real"}
         assert all(d.states for d in (cfg.data, cfg.tts, cfg.real))
+    if name == "whistle_stage2_multilingual.yaml":
+        assert cfg.whisper.model == "whisper-base" and cfg.whisper.language is None   # per-row prefixes
+        assert all(set(d.langs) == {"en", "de", "es"} for d in (cfg.text.data, cfg.data, cfg.tts))
 
 
 @pytest.mark.parametrize("name", ["tiny.yaml", "large-v3.yaml"])

@@ -14,6 +14,8 @@
 | special-tts     | espeak-ng speech of special-text (the TTS adaptation set)                  |
 | special-test    | held-out specialised sentences, in a voice never used for training audio   |
 | special-test-piper | the same sentences spoken by a neural voice (piper, en_US-joe-medium)   |
+| NAME-de, NAME-es | German / Spanish general-train, general-test, special-text, special-tts, |
+|                 | special-test: sentences/{general,special}_{de,es}.txt, espeak-ng voices de, es |
 
 Splits are decided by a hash of the sentence (or prompt name), so they are stable when a list
 grows. Voice, rate and pitch come from a generator seeded by the corpus and item, so a rebuild
@@ -42,8 +44,13 @@ from westkit import paths
 from westkit.data.audio import BadInput, conform
 from westkit.data.shards import INDEX, Entry, write_shards
 
+# other languages: NAME-de / NAME-es of these corpora, from sentences/DOMAIN_LANG.txt spoken by
+# the espeak-ng voice of the same name (shards carry the language in `lang`)
+OTHER_LANGS = ("de", "es")
+LANG_BASES = ("general-train", "general-test", "special-text", "special-tts", "special-test")
 NAMES = ("asterisk-test", "asterisk-adapt", "asterisk-train", "general-train", "general-test",
-         "special-text", "special-tts", "special-test", "special-test-piper")
+         "special-text", "special-tts", "special-test", "special-test-piper",
+         *(f"{base}-{lang}" for lang in OTHER_LANGS for base in LANG_BASES))
 
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
 ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
@@ -118,7 +125,8 @@ def _piper_voice():
 
 
 def sentences(domain: str) -> list[str]:
-    """The shipped sentence list ``general`` or ``special`` (westkit/data/sentences/DOMAIN.txt)."""
+    """The shipped sentence list ``general`` or ``special`` (westkit/data/sentences/DOMAIN.txt;
+    ``general_de``, ``special_es``, ... for the other languages)."""
     text = resources.files("westkit.data").joinpath("sentences", f"{domain}.txt").read_text(encoding="utf-8")
     return [s.strip() for s in text.splitlines() if s.strip()]
 
@@ -129,26 +137,35 @@ def _is_test(item: str, fraction: float) -> bool:
 
 
 def _split(domain: str, test: bool) -> list[str]:
-    return [s for s in sentences(domain) if _is_test(s, TEST_FRACTION[domain]) == test]
+    fraction = TEST_FRACTION[domain.split("_")[0]]
+    return [s for s in sentences(domain) if _is_test(s, fraction) == test]
 
 
-def _voice(rng: random.Random) -> tuple[str, int, int]:
-    return (rng.choice(TRAIN_VOICES) + rng.choice(TRAIN_VARIANTS), rng.randint(130, 190), rng.randint(30, 70))
+def _voice(rng: random.Random, lang: str = "en") -> tuple[str, int, int]:
+    voice = rng.choice(TRAIN_VOICES) if lang == "en" else lang
+    return (voice + rng.choice(TRAIN_VARIANTS), rng.randint(130, 190), rng.randint(30, 70))
 
 
-def _synth(name: str, domain: str, texts: list[str], renditions: int, heldout: bool) -> Iterator[Entry]:
+def _heldout_voice(lang: str) -> str:
+    # English: an unused accent and variant; other languages have one voice, so the unused variant
+    return HELDOUT_VOICE if lang == "en" else f"{lang}+f3"
+
+
+def _synth(name: str, domain: str, texts: list[str], renditions: int, heldout: bool,
+           lang: str = "en") -> Iterator[Entry]:
     for i, text in enumerate(texts):
         for r in range(renditions):
             rng = random.Random(f"{name}/{i}/{r}")
-            voice, rate, pitch = ((HELDOUT_VOICE, rng.randint(140, 170), rng.randint(40, 60)) if heldout
-                                  else _voice(rng))
+            voice, rate, pitch = ((_heldout_voice(lang), rng.randint(140, 170), rng.randint(40, 60)) if heldout
+                                  else _voice(rng, lang))
             yield Entry(key=f"{name}-{i:04d}-{r}", text=text, audio=Espeak(text, voice, rate, pitch),
-                        speaker=voice, source=name, input=f"sentences/{domain}.txt", line=i + 1)
+                        lang=lang, speaker=voice, source=name, input=f"sentences/{domain}.txt", line=i + 1)
 
 
-def _text_only(name: str, domain: str, texts: list[str]) -> Iterator[Entry]:
+def _text_only(name: str, domain: str, texts: list[str], lang: str = "en") -> Iterator[Entry]:
     for i, text in enumerate(texts):
-        yield Entry(key=f"{name}-{i:04d}", text=text, source=name, input=f"sentences/{domain}.txt", line=i + 1)
+        yield Entry(key=f"{name}-{i:04d}", text=text, lang=lang, source=name, input=f"sentences/{domain}.txt",
+                    line=i + 1)
 
 
 def asterisk_prompts() -> list[tuple[str, str, Path, int]]:
@@ -191,16 +208,20 @@ def _entries(name: str) -> Iterator[Entry]:
         return _asterisk(name, test=False)
     if name == "asterisk-train":
         return _asterisk(name, test=False, audio_too=True)
-    if name == "general-train":
-        return _synth(name, "general", _split("general", False), renditions=2, heldout=False)
-    if name == "general-test":
-        return _synth(name, "general", _split("general", True), renditions=1, heldout=False)
-    if name == "special-text":
-        return _text_only(name, "special", _split("special", False))
-    if name == "special-tts":
-        return _synth(name, "special", _split("special", False), renditions=1, heldout=False)
-    if name == "special-test":
-        return _synth(name, "special", _split("special", True), renditions=1, heldout=True)
+    base, lang = name, "en"
+    if name[-3:] in {f"-{x}" for x in OTHER_LANGS} and name[:-3] in LANG_BASES:
+        base, lang = name[:-3], name[-2:]
+    general, special = ("general", "special") if lang == "en" else (f"general_{lang}", f"special_{lang}")
+    if base == "general-train":
+        return _synth(name, general, _split(general, False), renditions=2, heldout=False, lang=lang)
+    if base == "general-test":
+        return _synth(name, general, _split(general, True), renditions=1, heldout=False, lang=lang)
+    if base == "special-text":
+        return _text_only(name, special, _split(special, False), lang=lang)
+    if base == "special-tts":
+        return _synth(name, special, _split(special, False), renditions=1, heldout=False, lang=lang)
+    if base == "special-test":
+        return _synth(name, special, _split(special, True), renditions=1, heldout=True, lang=lang)
     if name == "special-test-piper":
         return (Entry(key=f"{name}-{i:04d}", text=text, audio=Piper(text), speaker=PIPER_VOICE, source=name,
                       input="sentences/special.txt", line=i + 1)

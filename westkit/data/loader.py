@@ -36,6 +36,7 @@ resume in the same epoch works too. The next epoch is planned normally.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from westkit.data.mixing import MixedLoader, temperature_probs
 from westkit.data.pipeline import collate, run_steps
 from westkit.data import corpora, streaming
 from westkit.data.shards import (DURATION, FLAC_OFFSET, FLAC_SIZE, INDEX, INDEX_VERSION, JSON_OFFSET,
@@ -79,8 +81,15 @@ class LoaderConfig:
     buckets: duration bucket upper edges in seconds; samples are batched within a bucket.
     shuffle_window: how many consecutive (shuffled) shards have their samples mixed together;
         larger mixes better, smaller reads more locally.
+    langs: instead of ``shards``, language -> its shard entries (``{en: [general-train], de:
+        [general-train-de]}``): training then draws every batch whole from one language with
+        p_l ~ n_l ** ``alpha`` over the languages' utterance counts (`LanguageMix`); evaluation
+        reads all of them once.
     """
     shards: list[str] = field(default_factory=list)
+    langs: dict[str, list[str]] | None = None
+    alpha: float = 0.5
+    """Temperature of ``langs`` sampling: 1 as in the data, 0 uniform over languages."""
     max_batch_seconds: float = 200.0
     max_batch_size: int = 32
     min_duration: float = 0.1
@@ -138,6 +147,29 @@ class LoaderConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.langs is not None:
+            self._check_langs()
+
+    def _check_langs(self) -> None:
+        if self.shards:
+            raise ValueError("give either shards or langs (language -> shards), not both: move the "
+                             "shards under their language in langs")
+        if not isinstance(self.langs, dict) or not self.langs:
+            raise ValueError(f"langs must map languages to shard lists ({{en: [...], de: [...]}}), got {self.langs!r}")
+        for lang, specs in self.langs.items():
+            if not isinstance(lang, str):   # YAML reads a bare `no:` (Norwegian) as false
+                raise ValueError(f"langs: language {lang!r} must be a string; quote it (\"no\": [...])")
+            if not isinstance(specs, list) or not specs or not all(isinstance(x, str) for x in specs):
+                raise ValueError(f"langs.{lang} must be a non-empty list of shard entries, got {specs!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1] (1: as in the data, 0: uniform), got {self.alpha}")
+        if self.states:
+            raise ValueError("states cannot be combined with langs (one states folder per section): "
+                             "drop states or give one language's shards")
+
+    def all_shards(self) -> list[str]:
+        """``shards``, or every language's shards in ``langs`` order."""
+        return [s for specs in self.langs.values() for s in specs] if self.langs else list(self.shards)
 
 
 class Catalog:
@@ -576,17 +608,53 @@ class Loader:
                              f"text-only, but {why}; give shards with audio (or filter them out)")
 
 
+class LanguageMix(MixedLoader):
+    """Temperature language sampling over one `Loader` per language (``cfg.langs``).
+
+    Each batch comes whole from one language, drawn with p_l = n_l ** alpha / sum_k n_k ** alpha
+    (`temperature_probs` over the utterances each language's loader holds after filtering) by
+    a generator seeded with ``seed``: the same language on every rank in every step, and
+    `state_dict` (the draws and every language's position) resumes the same sequence.
+    Attributes: counts (language -> utterances), probs (language -> p_l); `last_source` names
+    the language of the latest batch.
+    """
+
+    def __init__(self, loaders: dict[str, Loader], alpha: float, seed: int):
+        self.counts = {lang: len(loader.catalog) for lang, loader in loaders.items()}
+        self.probs = temperature_probs(self.counts, alpha)
+        super().__init__(loaders, self.probs, mode="random", seed=seed)
+
+    def require_audio(self, why: str) -> None:
+        for loader in self.loaders.values():
+            loader.require_audio(why)
+
+    def describe(self) -> str:
+        """One line for the run's log: each language's utterances and sampling probability."""
+        return "languages " + ", ".join(f"{lang}: {n} utts p={self.probs[lang]:.3f}" for lang, n in self.counts.items())
+
+
 def build_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1, train: bool = True,
-                 steps: tuple = ()) -> Loader:
+                 steps: tuple = ()) -> Loader | LanguageMix:
     """The loader for one rank: see `Loader` and the module docstring for its guarantees.
 
-    ``steps``: the recipe's per-sample steps after `westkit.data.pipeline.STEPS` (its model's
-    tokenisation, `westkit.data.pipeline.tokenize`), run in the workers before collation."""
-    return Loader(cfg, rank, world_size, train, steps)
+    With ``cfg.langs``, training gets a `LanguageMix` of one loader per language and
+    evaluation one loader over all of them. ``steps``: the recipe's per-sample steps after
+    `westkit.data.pipeline.STEPS` (its model's tokenisation, `westkit.data.pipeline.tokenize`),
+    run in the workers before collation."""
+    if cfg.langs is None:
+        return Loader(cfg, rank, world_size, train, steps)
+    if not train:
+        return Loader(dataclasses.replace(cfg, shards=cfg.all_shards(), langs=None), rank, world_size, train, steps)
+    loaders = {lang: Loader(dataclasses.replace(cfg, shards=list(specs), langs=None), rank, world_size, train, steps)
+               for lang, specs in cfg.langs.items()}
+    return LanguageMix(loaders, cfg.alpha, cfg.seed)
 
 
-def padding_report(loader: Loader) -> str:
-    """Audio padding of the first epoch's batch plan (metadata only), vs padding to 30 s."""
+def padding_report(loader: Loader | LanguageMix) -> str:
+    """Audio padding of the first epoch's batch plan (metadata only), vs padding to 30 s; one
+    line per language for a `LanguageMix`."""
+    if isinstance(loader, LanguageMix):
+        return "\n".join(f"{lang}: {padding_report(one)}" for lang, one in loader.loaders.items())
     dur = loader.catalog.duration
     if loader.streaming:
         plan = [b for rank in loader.planner.rank_plans(0, loader.world_size, loader.workers, None) for b in rank]

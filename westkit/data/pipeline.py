@@ -12,6 +12,7 @@ sample (after `STEPS`; one utterance, the project's sample schema):
     rare words or the previous sentence, for prompt-aware LLM recognisers).
     optional, added by recipe steps and the loader:
     "prompt_ids": (prefix ids, suffix ids) around the audio (`prompt_tokens`);
+    "prefix_ids": list[int] the decoder prefix of the sample's language (`decoder_prefix`);
     "targets" / "text_ids": list[int] (`tokenize`: what the model learns to say, or reads);
     "states": np.float16 (T', D) precomputed encoder states (`westkit.data.states`).
 batch (`collate`):
@@ -21,7 +22,7 @@ batch (`collate`):
     "num_targets" int (what the engine weighs micro-batches by); with text_ids: "text_ids"
     (B, L) padded with 0 and "text_lens" (B,); with states: "states" HalfTensor (B, T', D);
     with instructions / contexts: "instructions" / "contexts" list[str | None]; with prompt_ids:
-    "prompts" list of (prefix ids, suffix ids).
+    "prompts" list of (prefix ids, suffix ids); with prefix_ids: "prefix_ids" LongTensor (B, P).
 """
 from __future__ import annotations
 
@@ -97,6 +98,17 @@ def prompt_tokens(encode: Callable[[dict], tuple[list[int], list[int]]]) -> Call
     return functools.partial(_prompt_tokens, encode=encode)
 
 
+def _decoder_prefix(sample: dict, encode) -> dict:
+    return dict(sample, prefix_ids=encode(sample["lang"]))
+
+
+def decoder_prefix(encode: Callable[[str], list[int]]) -> Callable[[dict], dict]:
+    """A step that adds ``sample["prefix_ids"] = encode(sample["lang"])``: the decoder prefix
+    of the sample's language, e.g. ``decoder_prefix(model.text.sample_prefix)`` (Whisper's
+    ``<|startoftranscript|><|de|><|transcribe|><|notimestamps|>``); it runs in the workers."""
+    return functools.partial(_decoder_prefix, encode=encode)
+
+
 # the per-sample pipeline, in order; filtering and batching happen earlier, on metadata.
 # Recipes append their model's steps (`tokenize`) through `build_loader(..., steps=...)`.
 STEPS = (parse_meta, decode_audio, to_16k_mono)
@@ -139,6 +151,9 @@ def collate(samples: list[dict]) -> dict:
             batch[field + "s"] = [s.get(field) for s in samples]
     if "prompt_ids" in samples[0]:
         batch["prompts"] = [s["prompt_ids"] for s in samples]
+    if "prefix_ids" in samples[0]:
+        assert len({len(s["prefix_ids"]) for s in samples}) == 1, "one model's prefixes have one length"
+        batch["prefix_ids"] = torch.tensor([s["prefix_ids"] for s in samples], dtype=torch.long)
     if "targets" in batch:
         batch["num_targets"] = int(batch["target_lens"].sum())
     if "states" in samples[0]:

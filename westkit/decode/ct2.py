@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from westkit.decode.recognizers import Transcript, whisper_prefix
+from westkit.decode.recognizers import Transcript, row_prefixes, whisper_prefix
 from westkit.decode.search import GenerateConfig, token_budget
 from westkit.models.features import LogMel
 
@@ -94,7 +94,10 @@ class Ct2WhisperRecognizer:
     def __init__(self, model, tokenizer, gen: GenerateConfig, n_mels: int, median_filter_width: int = 7,
                  language: str | None = None):
         self.model, self.tokenizer, self.gen = model, tokenizer, gen
+        from westkit.models.whisper import WhisperText
+
         self.prefix, self.eot = whisper_prefix(tokenizer, language), tokenizer.eos_token_id
+        self.text = WhisperText(tokenizer)   # after whisper_prefix: a given language wins
         self.suppress = list(range(self.eot + 1, len(tokenizer)))  # special tokens after the end token
         self.logmel = LogMel(n_mels)
         self.median_filter_width = median_filter_width
@@ -131,8 +134,10 @@ class Ct2WhisperRecognizer:
         return self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats.numpy())),
                                  to_cpu=False)
 
-    def decode_states(self, states, audio_lens: torch.Tensor | None = None, everyone_done=None) -> list[Transcript]:
-        """Encoder output (`encode`) -> transcripts, with the transformers path's budgets."""
+    def decode_states(self, states, audio_lens: torch.Tensor | None = None, everyone_done=None,
+                      langs: list[str] | None = None) -> list[Transcript]:
+        """Encoder output (`encode`) -> transcripts, with the transformers path's budgets and
+        per-row language prefixes (``langs``, as `WhisperRecognizer.decode_states`)."""
         if everyone_done is not None:
             raise ValueError("the CTranslate2 backend decodes in one process (no ZeRO-3 lockstep)")
         n = int(states.shape[0])
@@ -140,7 +145,7 @@ class Ct2WhisperRecognizer:
         budgets = [min(b, self.limit) for b in budgets]
         # CTranslate2's max_length for Whisper allows max_length // 2 new tokens here (measured):
         # ask for one more than the largest budget, then cut each row to its own
-        results = self.model.generate(states, [self.prefix] * n, beam_size=self.gen.beam,
+        results = self.model.generate(states, row_prefixes(self.text, self.prefix, langs, n), beam_size=self.gen.beam,
                                       max_length=min(448, 2 * (max(budgets) + 1)), length_penalty=self.gen.length_penalty,
                                       suppress_blank=False, suppress_tokens=self.suppress)
         outs = []

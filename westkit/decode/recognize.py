@@ -248,7 +248,7 @@ def decode(models: dict, groups: list[list[str]], batches, device, guard_cfg: gu
                 shared = time.perf_counter() - start
                 for name in group:
                     start = time.perf_counter()
-                    outs = models[name].decode_states(states, dev_lens)
+                    outs = models[name].decode_states(states, dev_lens, langs=batch.get("langs"))
                     seconds[name] += shared + time.perf_counter() - start
                     rows[name] += _rows(batch, outs, audio, lens, full, guard_cfg)
             else:
@@ -271,6 +271,8 @@ def _rows(batch, outs, audio, lens, full, guard_cfg) -> list[dict]:
         row = {"key": batch["keys"][i], "ref": batch["texts"][i], "hyp": t.text, "flags": flags,
                "duration": round(int(full[i]) / SAMPLE_RATE, 3),
                "confidence": None if conf is None else round(conf, 4)}
+        if batch.get("langs"):
+            row["lang"] = batch["langs"][i]
         _carry_order(batch, i, row)
         rows.append(row)
     return rows
@@ -311,14 +313,19 @@ def report(rows: list[dict]) -> dict:
            "truncated_30s": {"utterances": len(cut), "seconds_not_decoded":
                              round(sum(r["duration"] - WINDOW / SAMPLE_RATE for r in cut), 3)},
            "left_out": {"utterances": len(bad), "unreadable": [r["key"] for r in bad]}}
-    if scored:
-        out["all"] = score([r["ref"] for r in scored], [r["hyp"] for r in scored]).as_dict()
-    if clean:
-        out["filtered"] = score([r["ref"] for r in clean], [r["hyp"] for r in clean]).as_dict()
-    flagged = [r for r in scored if r["flags"]]
-    if flagged:
-        out["flagged"] = score([r["ref"] for r in flagged], [r["hyp"] for r in flagged]).as_dict()
+    for name, part in (("all", scored), ("filtered", clean), ("flagged", [r for r in scored if r["flags"]])):
+        if part:
+            out[name] = _score(part)
+    langs = sorted({r.get("lang", "") for r in scored})
+    if len(langs) > 1:   # a set of several languages: WER of each too (all decoded rows)
+        out["languages"] = {lang or "unknown": _score([r for r in scored if r.get("lang", "") == lang])
+                            for lang in langs}
     return out
+
+
+def _score(rows: list[dict]) -> dict:
+    """WER/CER of rows, each normalised by its own language's rule (`westkit.decode.scoring`)."""
+    return score([r["ref"] for r in rows], [r["hyp"] for r in rows], langs=[r.get("lang", "") for r in rows]).as_dict()
 
 
 def format_report(rep: dict) -> str:
@@ -330,6 +337,8 @@ def format_report(rep: dict) -> str:
             lines.append(f"{name:>8}: WER {100 * s['wer']:.2f}%  CER {100 * s['cer']:.2f}%  "
                          f"(S {s['substitutions']} D {s['deletions']} I {s['insertions']} / "
                          f"{s['ref_words']} words, {s['utterances']} utts)")
+    for lang, s in rep.get("languages", {}).items():
+        lines.append(f"{lang:>8}: WER {100 * s['wer']:.2f}%  CER {100 * s['cer']:.2f}%  ({s['utterances']} utts)")
     lines.append(f"flagged: {rep['flagged_utterances']} {rep['flag_counts']}")
     t, left = rep["truncated_30s"], rep["left_out"]
     if t["utterances"]:

@@ -123,11 +123,12 @@ class WhisperRecognizer:
     its decoder from the tokenizer's prefix (no timestamps), no special token but the end."""
 
     def __init__(self, whisper, tokenizer, gen: GenerateConfig, language: str | None = None):
-        from westkit.models.whisper import WhisperAudioEncoder
+        from westkit.models.whisper import WhisperAudioEncoder, WhisperText
 
         self.whisper = whisper.eval()
         self.tokenizer, self.gen = tokenizer, gen
         self.prefix, self.eot = whisper_prefix(tokenizer, language), tokenizer.eos_token_id
+        self.text = WhisperText(tokenizer)   # after whisper_prefix: a given language wins
         self.encoder = WhisperAudioEncoder(whisper.model.encoder, pad_to_30s=True)
 
     @classmethod
@@ -146,18 +147,21 @@ class WhisperRecognizer:
 
     @torch.no_grad()
     def decode_states(self, states: torch.Tensor, audio_lens: torch.Tensor | None = None,
-                      everyone_done: Done = None) -> list[Transcript]:
+                      everyone_done: Done = None, langs: list[str] | None = None) -> list[Transcript]:
         """Encoder states (B, T, D) -> transcripts; budgets from ``audio_lens`` (B,) samples, or
-        ``gen.max_new_tokens`` per row without them (e.g. states a TLE made from text)."""
+        ``gen.max_new_tokens`` per row without them (e.g. states a TLE made from text).
+        ``langs`` (B,): each row's language (a batch's "langs"), its prefix (`row_prefixes`)."""
         budgets = (token_budget(audio_lens, self.gen) if audio_lens is not None
                    else [self.gen.max_new_tokens] * states.shape[0])
-        step = WhisperStep(self.whisper, states, self.prefix, self.eot)
+        step = WhisperStep(self.whisper, states, row_prefixes(self.text, self.prefix, langs, states.shape[0]),
+                           self.eot)
         outs = search(step, budgets, [self.eot], self.gen, everyone_done)
         return [Transcript(self.tokenizer.decode(o.ids, skip_special_tokens=True).strip(), o.ids, o.hit_limit, o.logprobs)
                 for o in outs]
 
-    def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor, everyone_done: Done = None) -> list[Transcript]:
-        return self.decode_states(self.encode(audio, audio_lens), audio_lens, everyone_done)
+    def __call__(self, audio: torch.Tensor, audio_lens: torch.Tensor, everyone_done: Done = None,
+                 langs: list[str] | None = None) -> list[Transcript]:
+        return self.decode_states(self.encode(audio, audio_lens), audio_lens, everyone_done, langs)
 
     @property
     def device(self) -> torch.device:
@@ -178,6 +182,15 @@ def whisper_prefix(tokenizer, language: str | None = None) -> list[int]:
     if language:
         tokenizer.set_prefix_tokens(language=language, task="transcribe")
     return list(tokenizer.prefix_tokens)
+
+
+def row_prefixes(text, prefix: list[int], langs: list[str] | None, n: int) -> list[list[int]]:
+    """The decoder prefix of each of ``n`` rows: its own language's (``text.sample_prefix``, a
+    `westkit.models.whisper.WhisperText`) for a multilingual model when every row has a
+    language, else ``prefix`` (English-only models, a given ``--language``, unlabelled rows)."""
+    if not langs or not text.per_language or not all(langs):
+        return [list(prefix)] * n
+    return [text.sample_prefix(lang) for lang in langs]
 
 
 def west_files(run, weights, config) -> tuple[str, str]:

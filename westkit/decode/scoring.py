@@ -1,7 +1,9 @@
 """The one text normaliser and WER/CER scorer used everywhere (training logs, recognize, tables).
 
 Normalisation is Whisper's English normaliser (transformers' ``EnglishTextNormalizer`` with the
-British->American spelling table that ships with ``openai-whisper``); edit distances come from
+British->American spelling table that ships with ``openai-whisper``) for English, and Whisper's
+``BasicTextNormalizer`` (lower case, no punctuation or symbols, letters kept as they are) for any
+other language, as Whisper's own multilingual evaluation does; edit distances come from
 ``jiwer``. Both are shared so that every number westkit prints is comparable with every other.
 """
 from __future__ import annotations
@@ -30,10 +32,21 @@ def _normaliser():
     return EnglishTextNormalizer(spelling)
 
 
-def normalize(text: str) -> str:
-    """Whisper's English normalisation: lower case, no punctuation, numbers as digits,
-    American spelling, contractions expanded. ``"Mr. Smith's colour"`` -> ``"mister smith is color"``."""
-    return _normaliser()(text)
+@functools.lru_cache(maxsize=1)
+def _basic_normaliser():
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    return BasicTextNormalizer()
+
+
+def normalize(text: str, lang: str = "en") -> str:
+    """Whisper's English normalisation for ``lang`` "en" (or no language, ""): lower case, no
+    punctuation, numbers as digits, American spelling, contractions expanded (``"Mr. Smith's
+    colour"`` -> ``"mister smith is color"``); Whisper's basic normalisation for any other
+    language (``"Über den Fluß!"`` -> ``"über den fluß"``)."""
+    if lang in ("", "en"):
+        return _normaliser()(text)
+    return " ".join(_basic_normaliser()(text).split())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +86,15 @@ class WERAccumulator:
         self.normalise = normalise
         self.counts = dict.fromkeys(self.FIELDS, 0)
 
-    def add(self, refs: list[str], hyps: list[str]) -> WERAccumulator:
-        """Count the edits of ``hyps`` against ``refs`` (pairwise, same order)."""
+    def add(self, refs: list[str], hyps: list[str], langs: list[str] | None = None) -> WERAccumulator:
+        """Count the edits of ``hyps`` against ``refs`` (pairwise, same order); ``langs`` (one
+        per pair, e.g. a batch's "langs") picks each pair's normaliser (`normalize`)."""
         if len(refs) != len(hyps):
             raise ValueError(f"score: {len(refs)} references but {len(hyps)} hypotheses")
         if self.normalise:
-            refs, hyps = [normalize(r) for r in refs], [normalize(h) for h in hyps]
+            langs = langs or ["en"] * len(refs)
+            refs = [normalize(r, lang) for r, lang in zip(refs, langs)]
+            hyps = [normalize(h, lang) for h, lang in zip(hyps, langs)]
         refs = [" ".join(r.split()) for r in refs]
         hyps = [" ".join(h.split()) for h in hyps]
         c = self.counts
@@ -114,10 +130,11 @@ class WERAccumulator:
             ref_words=ref_words, ref_chars=c["ref_chars"], utterances=c["utterances"])
 
 
-def score(refs: list[str], hyps: list[str], normalise: bool = True) -> Score:
-    """Corpus-level WER and CER of ``hyps`` against ``refs`` (pairwise, same order).
+def score(refs: list[str], hyps: list[str], normalise: bool = True, langs: list[str] | None = None) -> Score:
+    """Corpus-level WER and CER of ``hyps`` against ``refs`` (pairwise, same order; ``langs``
+    picks each pair's normaliser, English without it).
 
     A reference that is empty after normalisation contributes its hypothesis words as
     insertions (so the rate is still errors / reference words over the whole set).
     """
-    return WERAccumulator(normalise).add(refs, hyps).result()
+    return WERAccumulator(normalise).add(refs, hyps, langs).result()

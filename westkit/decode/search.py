@@ -89,15 +89,19 @@ class LLMStep:
 class WhisperStep:
     """Whisper's decoder (``WhisperForConditionalGeneration``) over encoder states (B, T, D).
 
-    Starts every row from ``prefix`` (the tokenizer's ``prefix_tokens``: no timestamps) and
+    Starts every row from ``prefix`` (the tokenizer's ``prefix_tokens``: no timestamps; or one
+    equal-length prefix per row, e.g. each row's language token) and
     never emits a special token other than ``eot`` (``<|endoftext|>``): logits past it are
     -inf. The decoder holds ``max_target_positions`` tokens, the prefix included (``limit``).
     """
 
     def __init__(self, whisper, states: torch.Tensor, prefix: list[int], eot: int):
         self.whisper, self.states, self.eot = whisper, states, eot
-        self.prefix = torch.tensor([list(prefix)] * states.shape[0], device=states.device)
-        self.limit = whisper.config.max_target_positions - len(prefix)
+        per_row = bool(prefix) and isinstance(prefix[0], (list, tuple))
+        rows = [list(p) for p in prefix] if per_row else [list(prefix)] * states.shape[0]
+        assert len({len(r) for r in rows}) == 1, "per-row prefixes of one model have one length"
+        self.prefix = torch.tensor(rows, device=states.device)
+        self.limit = whisper.config.max_target_positions - self.prefix.shape[1]
         self.rows = torch.arange(states.shape[0], device=states.device)  # cache row -> input row
         self.cache = None
 

@@ -65,6 +65,12 @@ class TLEConfig:
     free_bits: float = 0.1       # nats per latent dimension below which KL is not penalised
     duration_weight: float = 1.0
 
+    def __post_init__(self):
+        # a langs list with no embedding (num_langs: 0) would silently ignore the languages
+        if self.langs is not None and self.num_langs != len(self.langs):
+            raise ValueError(f"tle.num_langs={self.num_langs} but tle.langs names {len(self.langs)} "
+                             f"languages {self.langs}: set num_langs: {len(self.langs)}")
+
 
 class FiLMConvBlock(nn.Module):
     """Residual Conv1D block modulated by a global latent: ``x + W2 gelu(FiLM(LN(conv(x)), z))``."""

@@ -200,21 +200,47 @@ class WhisperText:
       language and task tokens for multilingual ones) and is never scored.
     * `text_ids(text)`: plain text tokens for the TLE, with the leading space Whisper puts
       before the first word; an empty text becomes one space token so every row has a length.
+    * `sample_prefix(lang)`: the prefix of one sample in language ``lang`` (its shard's
+      ``lang``): ``<|startoftranscript|><|lang|><|task|><|notimestamps|>`` for multilingual
+      tokenizers; English-only models, and a tokenizer whose language was set
+      (``whisper.language``), keep their one fixed ``prefix``. Every prefix of one `WhisperText`
+      has the same length, so per-row prefixes collate into a (B, P) tensor.
     """
+
+    # English-only Whisper vocabularies have 51864 entries and no language tokens in use
+    ENGLISH_ONLY_VOCAB = 51864
 
     def __init__(self, tokenizer, max_positions: int = 448):
         self.tokenizer = tokenizer
         self.prefix = list(tokenizer.prefix_tokens)
         self.eot = tokenizer.eos_token_id
         self.max_positions = max_positions
+        # a set language wins over the samples' own (one prefix for the whole run)
+        self.per_language = len(tokenizer) > self.ENGLISH_ONLY_VOCAB and tokenizer.language is None
+        if self.per_language:
+            sot, task, no_ts = tokenizer.convert_tokens_to_ids(
+                ["<|startoftranscript|>", f"<|{tokenizer.task or 'transcribe'}|>", "<|notimestamps|>"])
+            self._frame = (sot, task, no_ts)
+        self.prefix_len = 4 if self.per_language else len(self.prefix)
+
+    def sample_prefix(self, lang: str) -> list[int]:
+        """Decoder prefix ids for one sample in language ``lang`` (e.g. "de"); see the class doc."""
+        if not self.per_language:
+            return self.prefix
+        lang_id = self.tokenizer.convert_tokens_to_ids(f"<|{lang}|>") if lang else None
+        if lang_id is None or lang_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"language {lang!r} has no Whisper language token (give shards a `lang` "
+                             f"such as en, de, es, or set whisper.language)")
+        sot, task, no_ts = self._frame
+        return [sot, lang_id, task, no_ts]
 
     def _body(self, text: str) -> list[int]:
         return self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
 
     def targets(self, text: str) -> list[int]:
         ids = self._body(text) + [self.eot]
-        if len(self.prefix) + len(ids) > self.max_positions:
-            raise ValueError(f"transcript of {len(self.prefix) + len(ids)} tokens exceeds the decoder's "
+        if self.prefix_len + len(ids) > self.max_positions:
+            raise ValueError(f"transcript of {self.prefix_len + len(ids)} tokens exceeds the decoder's "
                              f"{self.max_positions} positions: filter long texts ({text[:60]!r}...)")
         return ids
 
@@ -222,17 +248,26 @@ class WhisperText:
         return self._body(text) or self.tokenizer.encode(" ", add_special_tokens=False)
 
 
-def decoder_batch(prefix: list[int], targets: torch.Tensor, target_lens: torch.Tensor, pad_id: int):
+def decoder_batch(prefix, targets: torch.Tensor, target_lens: torch.Tensor, pad_id: int):
     """Collated targets (B, L) (-100 padded) -> (decoder_input_ids (B, W), labels (B, W)).
 
-    Row i is ``prefix + targets[i][:-1]`` (padded with ``pad_id``), labels ``-100`` over the
+    prefix: one prefix for every row (list[int]) or one per row (LongTensor (B, P) or a list
+    of B equal-length lists, e.g. ``batch["prefix_ids"]`` with each sample's language token).
+    Row i is ``prefix_i + targets[i][:-1]`` (padded with ``pad_id``), labels ``-100`` over the
     prefix but its last position, then the targets: loss falls on the text and end tokens only.
     """
-    b, n_prefix = len(target_lens), len(prefix)
+    b = len(target_lens)
+    if not torch.is_tensor(prefix) and prefix and isinstance(prefix[0], (list, tuple)):
+        assert len({len(p) for p in prefix}) == 1, "all decoder prefixes of one model have one length"
+    prefix = torch.as_tensor(prefix, dtype=torch.long, device=targets.device)
+    if prefix.dim() == 1:
+        prefix = prefix.expand(b, -1)
+    assert prefix.shape[0] == b, f"{prefix.shape[0]} prefixes for {b} rows"
+    n_prefix = prefix.shape[1]
     width = n_prefix + int(target_lens.max()) - 1
     inputs = torch.full((b, width), pad_id, dtype=torch.long, device=targets.device)
     labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long, device=targets.device)
-    inputs[:, :n_prefix] = torch.tensor(prefix, device=targets.device)
+    inputs[:, :n_prefix] = prefix
     for i, n in enumerate(target_lens.tolist()):
         inputs[i, n_prefix:n_prefix + n - 1] = targets[i, :n - 1]
         labels[i, n_prefix - 1:n_prefix - 1 + n] = targets[i, :n]

@@ -10,7 +10,8 @@
 
 Batch schema (`westkit.data.pipeline`): ``keys``, ``texts``, ``langs``; ``text_ids`` (B, L) +
 ``text_lens`` (B,) for the TLE and ``targets`` (B, L) + ``target_lens`` for the decoder (made
-by the data pipeline with `westkit.models.whisper.WhisperText`); audio batches also have
+by the data pipeline with `westkit.models.whisper.WhisperText`), with ``prefix_ids`` (B, P)
+the decoder prefix of each row's language (multilingual models); audio batches also have
 ``audio`` (B, T) + ``audio_lens`` and, when the shards were encoded beforehand
 (``westkit-encode``), ``states`` (B, 1500, D) float16. Without precomputed states the frozen
 encoder runs in ``forward`` on every rank alike, and its states are rounded through float16
@@ -92,7 +93,8 @@ class TLERegression(nn.Module):
         losses = tle_loss(out, teacher, n, self.tle.cfg, self.tle.beta())
         if self.decoder_ce > 0:
             reader = self._reader
-            input_ids, labels = decoder_batch(self.text.prefix, batch["targets"], batch["target_lens"], self.text.eot)
+            input_ids, labels = decoder_batch(batch.get("prefix_ids", self.text.prefix), batch["targets"],
+                                              batch["target_lens"], self.text.eot)
             ce, _ = decoder_loss(reader, out.states.to(reader.proj_out.weight.dtype), input_ids, labels)
             losses["decoder_ce"] = ce.detach()
             losses["loss"] = losses["loss"] + self.decoder_ce * ce
@@ -332,8 +334,9 @@ class WhisTLE(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         states = self.encoder_states(batch)
-        input_ids, labels = decoder_batch(self.text.prefix, batch["targets"], batch["target_lens"],
-                                          self.text.eot)
+        # per-row language prefixes from the pipeline (``prefix_ids``), else the model's one
+        input_ids, labels = decoder_batch(batch.get("prefix_ids", self.text.prefix), batch["targets"],
+                                          batch["target_lens"], self.text.eot)
         loss, num = decoder_loss(self.whisper, states, input_ids, labels)
         text_only = "audio" not in batch
         return {"loss": loss, "num_tokens": num,
