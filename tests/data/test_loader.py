@@ -230,6 +230,18 @@ def test_workers_survive_the_preemption_signals_sent_to_the_whole_process_group(
     workers = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
                if p.read_text().rsplit(")", 1)[1].split()[1] == str(me)]
     assert len(workers) >= 2
+
+    def ignores_preemption(pid):                    # the worker's init has run (SigIgn mask)
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("SigIgn:"))
+        mask = int(line.split()[1], 16)
+        return all(mask >> (sig - 1) & 1 for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT))
+
+    # a loaded machine may still be starting the second worker: signal only once every worker
+    # has installed its dispositions (a worker that never does fails here)
+    deadline = time.time() + 60
+    while not all(ignores_preemption(pid) for pid in workers):
+        assert time.time() < deadline, "the loader's workers never ignored SIGTERM/SIGUSR1/SIGINT"
+        time.sleep(0.05)
     old = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # this process stands in for the rank
     try:
         for pid in workers:
