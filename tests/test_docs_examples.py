@@ -297,6 +297,10 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "special-test-es special-test --out exp/whistle-ml/table": Run(
             tiny=DEC, replace=((" special-test --out", " $WESTKIT_HOME/data/special-test-limit4 --out"),),
             creates="exp/whistle-ml/table/table.md"),
+        "python benchmarks/whistle_results.py --out exp/w14 --domain special --tle exp/whistle/tle-ce1.0 --seeds 0 1 2": Skip(
+            "the three-seed sweep: 18 stage-2 runs and 3 scorings, about 80 min on 2 cores"),
+        "python benchmarks/whistle_results.py --out exp/w14 --domain asterisk --tle exp/whistle/tle-ce1.0 --seeds 0 1 2": Skip(
+            "the three-seed sweep: 12 stage-2 runs and 3 scorings, about 50 min on 2 cores"),
         "bash recipes/tle/run_table.sh": Skip("the whole results table: about an hour (its steps run one by one below)"),
         # the table's steps, one by one (the corpora named by path are built first, by _inputs_whistle):
         # run_table.sh's own sequence, in a fresh folder (it reuses the names exp/whistle/tle and
