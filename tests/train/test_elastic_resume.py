@@ -5,6 +5,7 @@ DeepSpeed's universal checkpoint, and within the interrupted epoch no sample is 
 skipped: the second run first sees exactly the samples the first had not."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +29,16 @@ def _run(nproc: int, out: Path, shards, steps: int, mode: str, log: Path, *extra
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
             str(nproc), "--max_restarts", "0", *args] if nproc > 1 else [sys.executable, *args])
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                            timeout=TIMEOUT).returncode
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # kill the ranks too: a rank left hanging after one such timeout made every later
+            # 2-process run on the same machine hang as well (seen on the CI machine)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError(f"{nproc}-process run did not end in {TIMEOUT} s:\n{log.read_text()[-3000:]}")
     text = log.read_text()
     assert rc == 0, text[-3000:]
     return text

@@ -198,7 +198,7 @@ def test_ctrl_c_in_a_terminal_running_the_launcher_acts_like_sigterm(reference, 
     here): checkpoint, exit 75, no KeyboardInterrupt, and the rerun ends like the reference."""
     out = tmp_path / "interrupted"
     cmd = ["bash", str(REPO / "launch/torchrun.sh"), "--nproc", "2", RECIPE, "--out-dir",
-           str(out), *COMMON, "--step-seconds", "0.05"]
+           str(out), *COMMON, "--step-seconds", "0.2"]
     proc = start(cmd, tmp_path / "log1.txt", start_new_session=True)
     wait_for(lambda: (latest(out) or "") >= "step_00000005", proc, "the step-5 checkpoint")
     os.killpg(proc.pid, signal.SIGINT)                           # what Ctrl-C does
