@@ -34,8 +34,9 @@ def _run(nproc: int, out: Path, shards, steps: int, mode: str, log: Path, *extra
         try:
             rc = proc.wait(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
-            # kill the ranks too: a rank left hanging after one such timeout made every later
-            # 2-process run on the same machine hang as well (seen on the CI machine)
+            # kill the launcher's whole process group, not just the launcher (a rank that
+            # survives a timeout can make later 2-process runs hang; ranks that torchrun moved
+            # to their own group may still survive this)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise AssertionError(f"{nproc}-process run did not end in {TIMEOUT} s:\n{log.read_text()[-3000:]}")
