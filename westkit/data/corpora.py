@@ -16,6 +16,8 @@
 | special-test-piper | the same sentences spoken by a neural voice (piper, en_US-joe-medium)   |
 | NAME-de, NAME-es | German / Spanish general-train, general-test, special-text, special-tts, |
 |                 | special-test: sentences/{general,special}_{de,es}.txt, espeak-ng voices de, es |
+| NAME-context    | general-train, special-tts, special-test with a rare-word "context" in each  |
+|                 | json: the utterance's own rare words and 5 distractors, shuffled (same audio) |
 
 Splits are decided by a hash of the sentence (or prompt name), so they are stable when a list
 grows. Voice, rate and pitch come from a generator seeded by the corpus and item, so a rebuild
@@ -24,6 +26,8 @@ under a file lock, so concurrent callers (several test workers, several ranks) b
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gzip
 import hashlib
 import json
@@ -48,10 +52,15 @@ from westkit.data.shards import INDEX, Entry, write_shards
 # the espeak-ng voice of the same name (shards carry the language in `lang`)
 OTHER_LANGS = ("de", "es")
 LANG_BASES = ("general-train", "general-test", "special-text", "special-tts", "special-test")
+# rare-word prompts: NAME-context is NAME with a "context" field (the LLM-ASR prompt's {context})
+CONTEXT_BASES = ("general-train", "special-tts", "special-test")
+CONTEXT_DISTRACTORS = 5
 NAMES = ("asterisk-test", "asterisk-adapt", "asterisk-train", "general-train", "general-test",
          "special-text", "special-tts", "special-test", "special-test-piper",
-         *(f"{base}-{lang}" for lang in OTHER_LANGS for base in LANG_BASES))
+         *(f"{base}-{lang}" for lang in OTHER_LANGS for base in LANG_BASES),
+         *(f"{base}-context" for base in CONTEXT_BASES))
 
+WORD_LIST = Path("/usr/share/dict/words")   # Debian's wamerican: what counts as a common word
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
 ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 # espeak-ng voices and variants used for training audio; the held-out voice (accent and variant
@@ -141,6 +150,53 @@ def _split(domain: str, test: bool) -> list[str]:
     return [s for s in sentences(domain) if _is_test(s, fraction) == test]
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+(?:'[a-z]+)?", text.lower())
+
+
+@functools.lru_cache(maxsize=1)
+def _common_words() -> frozenset[str]:
+    if not WORD_LIST.is_file():
+        raise ValueError(f"{WORD_LIST} not found: the rare-word corpora need an English word list; "
+                         "apt-get install wamerican (launch/bootstrap.sh does it)")
+    listed = {w.strip().lower() for w in WORD_LIST.read_text(encoding="utf-8", errors="replace").splitlines()}
+    return frozenset(listed | {w for s in sentences("general") for w in _words(s)})
+
+
+def rare_words(text: str) -> list[str]:
+    """The words of an English ``text`` (lower case, first occurrence order, once each) that are
+    neither in an English dictionary (wamerican) nor in the general sentences: the specialised
+    domain's drug, disease and star names (``"Rivaroxaban should be taken with food."`` ->
+    ``["rivaroxaban"]``). 227 of the 283 specialised sentences hold at least one."""
+    common = _common_words()
+    return list(dict.fromkeys(w for w in _words(text) if w not in common and "'" not in w))
+
+
+@functools.lru_cache(maxsize=2)
+def rare_vocabulary(test: bool) -> tuple[str, ...]:
+    """The rare words of the specialised training (``test=False``) or test sentences, sorted."""
+    return tuple(sorted({w for s in _split("special", test) for w in rare_words(s)}))
+
+
+def rare_word_context(key: str, text: str, test: bool) -> str:
+    """The rare-word context of one utterance: its own rare words and ``CONTEXT_DISTRACTORS``
+    rare words of the same split that it does not hold, shuffled by a generator seeded by ``key``
+    (``"ramipril, ezetimibe, metoprolol, …"``). Utterances without rare words get distractors
+    only, so a model trained on these learns to copy a word only when it is spoken."""
+    rng = random.Random(f"context/{key}")
+    own = rare_words(text)
+    words = own + rng.sample([w for w in rare_vocabulary(test) if w not in own], CONTEXT_DISTRACTORS)
+    rng.shuffle(words)
+    return ", ".join(words)
+
+
+def _with_context(name: str, base: str) -> Iterator[Entry]:
+    test = base == "special-test"
+    for e in _entries(base):
+        yield dataclasses.replace(e, key=name + e.key[len(base):], source=name,
+                                  extra={**e.extra, "context": rare_word_context(e.key, e.text, test)})
+
+
 def _voice(rng: random.Random, lang: str = "en") -> tuple[str, int, int]:
     voice = rng.choice(TRAIN_VOICES) if lang == "en" else lang
     return (voice + rng.choice(TRAIN_VARIANTS), rng.randint(130, 190), rng.randint(30, 70))
@@ -208,6 +264,8 @@ def _entries(name: str) -> Iterator[Entry]:
         return _asterisk(name, test=False)
     if name == "asterisk-train":
         return _asterisk(name, test=False, audio_too=True)
+    if name.endswith("-context") and name[:-8] in CONTEXT_BASES:
+        return _with_context(name, name[:-8])
     base, lang = name, "en"
     if name[-3:] in {f"-{x}" for x in OTHER_LANGS} and name[:-3] in LANG_BASES:
         base, lang = name[:-3], name[-2:]

@@ -138,3 +138,29 @@ def score(refs: list[str], hyps: list[str], normalise: bool = True, langs: list[
     insertions (so the rate is still errors / reference words over the whole set).
     """
     return WERAccumulator(normalise).add(refs, hyps, langs).result()
+
+
+def word_errors(refs: list[str], hyps: list[str], words: list[set[str]], normalise: bool = True) -> dict:
+    """How many of the chosen reference words each hypothesis misses (contextual biasing's
+    B-WER without insertions): ``words[i]`` is a set of words of ``refs[i]`` (e.g. its rare words,
+    normalised like the references), and each of their occurrences in the reference counts as
+    an error when the alignment substitutes or deletes it. Returns ``{"words", "errors",
+    "other_words", "other_errors"}``: the same counts for every other reference word (U-WER
+    without insertions; insertions belong to no reference word and stay in `score`'s WER)."""
+    if not len(refs) == len(hyps) == len(words):
+        raise ValueError(f"word_errors: {len(refs)} references, {len(hyps)} hypotheses, {len(words)} word sets")
+    out = dict.fromkeys(("words", "errors", "other_words", "other_errors"), 0)
+    for ref, hyp, chosen in zip(refs, hyps, words):
+        ref, hyp = (normalize(ref), normalize(hyp)) if normalise else (ref, hyp)
+        r = ref.split()
+        if not r:
+            continue
+        missed = [True] * len(r)
+        for chunk in jiwer.process_words(ref, hyp).alignments[0] if hyp.split() else []:
+            if chunk.type == "equal":
+                missed[chunk.ref_start_idx:chunk.ref_end_idx] = [False] * (chunk.ref_end_idx - chunk.ref_start_idx)
+        for w, m in zip(r, missed):
+            side = "" if w in chosen else "other_"
+            out[side + "words"] += 1
+            out[side + "errors"] += m
+    return out
