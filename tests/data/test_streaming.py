@@ -223,3 +223,35 @@ def test_resume_mid_shard_with_long_member_names_falls_back_to_the_shard_start(t
     resumed.load_state_dict(first.state_dict())
     got += [k for k, _ in _take(resumed, 3)]
     assert got == expected and len({k for b in got for k in b}) == 10
+
+
+EXIT_SCRIPT = """
+import sys
+from westkit.data.loader import LoaderConfig, build_loader
+cfg = LoaderConfig(shards=[sys.argv[1]], max_batch_seconds=6.0, max_batch_size=4, min_duration=0.0,
+                   buckets=[1.0, 2.0, 3.0], num_workers=2, seed=3, mode=sys.argv[2])
+batches = iter(build_loader(cfg))
+next(batches)
+print("took a batch", flush=True)
+# `batches` (and its 2 workers) are still alive when the interpreter exits
+"""
+
+
+@pytest.mark.parametrize("mode", ["stream", "offset"])
+def test_a_process_exits_while_a_loader_iterator_with_workers_is_alive(shards, tmp_path, mode):
+    """Workers ignore SIGTERM (a preemption signal is the rank's to handle), so multiprocessing's
+    exit handler, which SIGTERMs daemonic children and then joins them, used to wait forever
+    for the workers of an iterator still alive at exit (torch's own cleanup is a no-op by
+    then). This hung the 2-process elastic-resume run after its last step, now and then."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    try:
+        done = subprocess.run([sys.executable, str(script), str(shards), mode], timeout=60,
+                              capture_output=True, text=True)
+    except subprocess.TimeoutExpired as e:
+        subprocess.run(["pkill", "-9", "-f", str(script)])
+        raise AssertionError(f"the process did not exit 60 s after its last line: {e.stdout}")
+    assert done.returncode == 0 and "took a batch" in done.stdout, done.stderr[-2000:]

@@ -36,10 +36,12 @@ resume in the same epoch works too. The next epoch is planned normally.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import glob
 import logging
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -496,11 +498,41 @@ def _as_is(batch):
 
 def _ignore_preemption_signals(worker_id: int) -> None:
     """Loader workers leave preemption to the rank: SLURM and torchrun signal whole process
-    groups, and a worker killed by SIGTERM would crash the rank before it can checkpoint."""
+    groups, and a worker killed by SIGTERM would crash the rank before it can checkpoint.
+    So the rank must stop them itself (`_stop_workers`): SIGTERM no longer can."""
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+
+
+_RUNNING = weakref.WeakSet()
+"""DataLoader iterators whose workers may be running."""
+
+
+def _start_workers(dl: DataLoader):
+    it = iter(dl)
+    if dl.num_workers:
+        _RUNNING.add(it)
+    return it
+
+
+def _stop_workers(it) -> None:
+    """Stop a DataLoader iterator's workers now. DataLoader has no public close(); its
+    ``__del__`` calls this same ``_shutdown_workers``, which returns early once Python is
+    exiting, when torch leaves the (daemonic) workers to multiprocessing's exit handler. That
+    handler stops them with SIGTERM, which our workers ignore, and then joins them: forever."""
+    _RUNNING.discard(it)
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+@atexit.register
+def _stop_workers_at_exit() -> None:
+    # registered after multiprocessing's and torch's exit handlers, so it runs before them
+    for it in list(_RUNNING):
+        _stop_workers(it)
 
 
 class Loader:
@@ -541,11 +573,15 @@ class Loader:
                         pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
                         prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None,
                         worker_init_fn=_ignore_preemption_signals)
-        for batch in dl:
-            self.position += 1
-            if self.position >= len(self.dataset.plan(self.epoch)):
-                self.epoch, self.position = self.epoch + 1, 0
-            yield batch
+        batches = _start_workers(dl)
+        try:
+            for batch in batches:
+                self.position += 1
+                if self.position >= len(self.dataset.plan(self.epoch)):
+                    self.epoch, self.position = self.epoch + 1, 0
+                yield batch
+        finally:
+            _stop_workers(batches)
         if not self.train:
             self.epoch, self.position = 0, 0
 
@@ -559,15 +595,18 @@ class Loader:
                         collate_fn=_as_is, pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
                         prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None,
                         worker_init_fn=_ignore_preemption_signals)
-        pending = {}
-        for where, batch in dl:
-            pending[where] = batch
-            while (self.epoch, self.position) in pending:
-                batch = pending.pop((self.epoch, self.position))
-                self.position += 1
-                if self.position >= len(self.planner.plan(self.epoch)):
-                    self.epoch, self.position = self.epoch + 1, 0
-                yield batch
+        pending, tagged = {}, _start_workers(dl)
+        try:
+            for where, batch in tagged:
+                pending[where] = batch
+                while (self.epoch, self.position) in pending:
+                    batch = pending.pop((self.epoch, self.position))
+                    self.position += 1
+                    if self.position >= len(self.planner.plan(self.epoch)):
+                        self.epoch, self.position = self.epoch + 1, 0
+                    yield batch
+        finally:
+            _stop_workers(tagged)
         if not self.train:
             self.epoch, self.position = 0, 0
 

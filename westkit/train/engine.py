@@ -156,6 +156,8 @@ class Trainer:
             if cfg.export_trainable:
                 self.export(self.out_dir / "trainable.safetensors")
         finally:
+            if hasattr(batches, "close"):
+                batches.close()  # stops the loader's workers now, not at interpreter exit
             preempt.restore()
             self.log.close()
         return record
