@@ -568,20 +568,11 @@ class Loader:
             return
         start = (self.epoch, self.position) if self.train else (0, 0)
         self.dataset.errors = 0  # the read-error budget is per pass (and per worker)
-        dl = DataLoader(self.dataset, batch_size=None, sampler=_Positions(self.dataset, *start),
-                        num_workers=self.cfg.num_workers, collate_fn=_as_is,
-                        pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-                        prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None,
-                        worker_init_fn=_ignore_preemption_signals)
-        batches = _start_workers(dl)
-        try:
-            for batch in batches:
-                self.position += 1
-                if self.position >= len(self.dataset.plan(self.epoch)):
-                    self.epoch, self.position = self.epoch + 1, 0
-                yield batch
-        finally:
-            _stop_workers(batches)
+        for batch in self._worker_batches(sampler=_Positions(self.dataset, *start)):
+            self.position += 1
+            if self.position >= len(self.dataset.plan(self.epoch)):
+                self.epoch, self.position = self.epoch + 1, 0
+            yield batch
         if not self.train:
             self.epoch, self.position = 0, 0
 
@@ -591,24 +582,31 @@ class Loader:
             self.epoch, self.position = 0, 0
         self.dataset.start = (self.epoch, self.position)
         self.dataset.errors = 0
-        dl = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
-                        collate_fn=_as_is, pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-                        prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None,
-                        worker_init_fn=_ignore_preemption_signals)
-        pending, tagged = {}, _start_workers(dl)
-        try:
-            for where, batch in tagged:
-                pending[where] = batch
-                while (self.epoch, self.position) in pending:
-                    batch = pending.pop((self.epoch, self.position))
-                    self.position += 1
-                    if self.position >= len(self.planner.plan(self.epoch)):
-                        self.epoch, self.position = self.epoch + 1, 0
-                    yield batch
-        finally:
-            _stop_workers(tagged)
+        pending = {}
+        for where, batch in self._worker_batches():
+            pending[where] = batch
+            while (self.epoch, self.position) in pending:
+                batch = pending.pop((self.epoch, self.position))
+                self.position += 1
+                if self.position >= len(self.planner.plan(self.epoch)):
+                    self.epoch, self.position = self.epoch + 1, 0
+                yield batch
         if not self.train:
             self.epoch, self.position = 0, 0
+
+    def _worker_batches(self, **kw):
+        """``self.dataset``'s batches through a DataLoader; its workers stop when this ends or
+        is closed, not at interpreter exit (`_stop_workers`)."""
+        cfg = self.cfg
+        batches = _start_workers(DataLoader(
+            self.dataset, batch_size=None, num_workers=cfg.num_workers, collate_fn=_as_is,
+            pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+            prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
+            worker_init_fn=_ignore_preemption_signals, **kw))
+        try:
+            yield from batches
+        finally:
+            _stop_workers(batches)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "world_size": self.world_size,
