@@ -30,6 +30,7 @@ from westkit.models.encoders import build_encoder
 from westkit.models.projector import ProjectorConfig, build_projector
 from westkit.models.whisper import WhisperAudioEncoder  # tiny_random
 from westkit.models.features import SAMPLE_RATE
+from westkit.models.packed_attention import packed_kwargs, use_packed_sdpa
 from westkit.models.losses import IGNORE_INDEX as IGNORE, token_cross_entropy
 
 AUDIO = "<audio>"
@@ -240,6 +241,8 @@ class WestModel(nn.Module):
     def assemble(cls, cfg: WestConfig, encoder: nn.Module, llm: nn.Module, tokenizer) -> WestModel:
         """Projector (from ``cfg.projector``) and optional LoRA around given encoder and LLM."""
         projector = build_projector(cfg.projector, encoder.dim, llm.get_input_embeddings().embedding_dim)
+        if cfg.pack:
+            use_packed_sdpa(llm)  # sdpa per utterance, not over the packed sequence's (N, N) mask
         if cfg.lora is not None:
             from peft import LoraConfig, get_peft_model
 
@@ -347,9 +350,11 @@ class WestModel(nn.Module):
 
     def _packed_loss(self, inputs: dict, labels: torch.Tensor):
         """The batch's rows (left-padded (B, L)) as one sequence (1, sum of lengths) without
-        padding: positions restart at 0 for each utterance, which transformers' causal LMs
-        read as a block-diagonal causal mask (flash-attention varlen on GPU when installed,
-        sdpa/eager masks elsewhere), so each utterance sees only itself. Same loss as unpacked."""
+        padding: positions restart at 0 for each utterance and the utterance boundaries go to
+        attention as ``cu_seq_lens_q`` (`westkit.models.packed_attention`: flash-attention
+        varlen where installed, sdpa on each utterance's slice otherwise; eager reads the
+        restarting positions as a block-diagonal mask), so each utterance sees only itself.
+        Same loss as unpacked."""
         real = inputs["attention_mask"].bool()                       # (B, L), row-major = packed order
         emb = inputs["inputs_embeds"][real][None]                    # (1, N, H)
         positions = inputs["position_ids"][real][None]               # (1, N), 0.. per utterance
@@ -358,7 +363,8 @@ class WestModel(nn.Module):
         # token, never a target), so shifting across the boundary scores nothing extra
         predict = (packed_labels[1:] != IGNORE).nonzero()[:, 0]     # positions whose logits are needed
         logits = self.llm(inputs_embeds=emb, position_ids=positions, attention_mask=None,
-                          use_cache=False, logits_to_keep=predict).logits  # (1, K, V)
+                          use_cache=False, logits_to_keep=predict,
+                          **packed_kwargs(real.sum(-1))).logits     # (1, K, V)
         return token_cross_entropy(logits, packed_labels[predict + 1][None])
 
     def export(self, folder, state: dict[str, torch.Tensor]) -> list:
