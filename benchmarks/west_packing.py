@@ -2,13 +2,17 @@
 
     python benchmarks/west_packing.py [--batches 3] [--max-batch-seconds 30] [--device cpu]
 
-Both modes run one forward + backward of the same model (frozen whisper-tiny.en + trainable
-conv1d projector + frozen SmolLM2-135M-Instruct) on the same batches, alternating, for two
-batch plans of general-train: tiny.yaml's fine duration buckets, and the loader's default
-coarse buckets (2, 4, 6, ... s; more padding). padded = left-padded rows (the default);
-packed = ``model.pack``: the rows concatenated into one sequence without padding, positions
-restarting per utterance (block-diagonal causal mask; on GPU with flash-attention installed,
-transformers runs it as varlen attention). Prints LLM padding and target tokens per second.
+Three modes run one forward + backward of the same model (frozen whisper-tiny.en + trainable
+conv1d projector + frozen SmolLM2-135M-Instruct) on the same batches, in turn, for two batch
+plans of general-train: tiny.yaml's fine duration buckets, and the loader's default coarse
+buckets (2, 4, 6, ... s; more padding); the order of the modes rotates from batch to batch:
+  padded   left-padded rows (the default);
+  block    ``model.pack`` on plain sdpa: the rows concatenated into one sequence without
+           padding, positions restarting per utterance, attention over the whole sequence
+           under a block-diagonal causal mask;
+  packed   ``model.pack`` as shipped: the same sequence, attention on each utterance alone
+           (`westkit.models.packed_attention`; flash-attention varlen where installed).
+All three give the same loss (checked per batch). Prints LLM padding and target tokens/s.
 """
 from __future__ import annotations
 
@@ -21,15 +25,18 @@ import torch
 from westkit.config import load_yaml
 from westkit.data.loader import LoaderConfig, build_loader
 from westkit.data.pipeline import tokenize
+from westkit.models.packed_attention import PACKED_SDPA
 from westkit.models.projector import ProjectorConfig
 from westkit.models.west import WestConfig, WestModel
 from westkit.train import freeze
 
+MODES = ("padded", "block", "packed")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def step(model: WestModel, batch: dict, pack: bool, device) -> tuple[float, dict]:
-    model.pack = pack
+def step(model: WestModel, batch: dict, mode: str, device) -> tuple[float, dict]:
+    model.pack = mode != "padded"
+    model.llm.set_attn_implementation("sdpa" if mode == "block" else PACKED_SDPA)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -50,38 +57,42 @@ def main():
     args = p.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = WestModel.from_config(WestConfig(projector=ProjectorConfig(rate=5))).to(device)
+    model = WestModel.from_config(WestConfig(projector=ProjectorConfig(rate=5), pack=True)).to(device)
     freeze(model, ["projector.*"])
     tiny_buckets = load_yaml(os.path.join(ROOT, "recipes/west/conf/tiny.yaml"))["data"]["buckets"]
     print(f"device {device} ({torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"attention {model.llm.config._attn_implementation}); whisper-tiny.en + SmolLM2-135M, "
+          f"LLM attention {model.llm.config._attn_implementation}); whisper-tiny.en + SmolLM2-135M, "
           f"batches of <= {args.max_batch_seconds:g} s")
     for plan, buckets in (("tiny.yaml buckets", tiny_buckets), ("default buckets", LoaderConfig(shards=["general-train"]).buckets)):
         cfg = LoaderConfig(shards=["general-train"], max_batch_seconds=args.max_batch_seconds, max_batch_size=16,
                            buckets=list(buckets), seed=0, num_workers=0)
         loader = build_loader(cfg, steps=[tokenize("targets", model.prompt.target)])
-        sums = {"padded": 0.0, "packed": 0.0, "tokens": 0, "llm_padding": 0.0}
+        sums = {"padded": 0.0, "block": 0.0, "packed": 0.0, "tokens": 0, "llm_padding": 0.0}
         for i, batch in enumerate(loader):
             if i > args.batches:
                 break
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            t_pad, out = step(model, batch, False, device)
-            t_pack, out_p = step(model, batch, True, device)
-            assert abs(float(out["loss"].detach()) - float(out_p["loss"].detach())) < 1e-3 * max(1.0, abs(float(out["loss"])))
+            times, outs = {}, {}
+            for mode in MODES[i % 3:] + MODES[:i % 3]:  # each mode goes first in turn
+                times[mode], outs[mode] = step(model, batch, mode, device)
+            ref = float(outs["padded"]["loss"].detach())
+            for mode in MODES:
+                assert abs(float(outs[mode]["loss"].detach()) - ref) < 1e-3 * max(1.0, abs(ref)), mode
+            out = outs["padded"]
             tag = "warm-up" if i == 0 else f"batch {i}"
             print(f"  {plan:<17} {tag:>8}: {len(batch['keys']):2d} utts, {int(out['num_tokens']):4d} targets, "
-                  f"LLM padding {100 * float(out['llm_padding']):4.1f}%  padded {t_pad:6.2f} s  "
-                  f"packed {t_pack:6.2f} s  x{t_pad / t_pack:.2f}")
+                  f"LLM padding {100 * float(out['llm_padding']):4.1f}%  "
+                  + "  ".join(f"{m} {times[m]:5.2f} s" for m in MODES)
+                  + f"  packed x{times['padded'] / times['packed']:.2f}")
             if i:
-                sums["padded"] += t_pad
-                sums["packed"] += t_pack
+                for mode in MODES:
+                    sums[mode] += times[mode]
                 sums["tokens"] += int(out["num_tokens"])
                 sums["llm_padding"] += float(out["llm_padding"])
         n = args.batches
-        print(f"{plan}: mean LLM padding {100 * sums['llm_padding'] / n:.1f}%; target tokens/s "
-              f"padded {sums['tokens'] / sums['padded']:.1f}, packed {sums['tokens'] / sums['packed']:.1f} "
-              f"(packed/padded x{sums['padded'] / sums['packed']:.2f})")
-
+        rates = ", ".join(f"{m} {sums['tokens'] / sums[m]:.1f}" for m in MODES)
+        print(f"{plan}: mean LLM padding {100 * sums['llm_padding'] / n:.1f}%; target tokens/s {rates} "
+              f"(packed/padded x{sums['padded'] / sums['packed']:.2f}, block/padded x{sums['padded'] / sums['block']:.2f})")
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

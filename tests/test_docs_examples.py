@@ -212,7 +212,7 @@ CASES: dict[str, dict[str, Run | Skip]] = {
         "OMP_NUM_THREADS=1 python -m pytest tests/models/test_west_lora_export.py -q": Skip(SUITE),
         "OMP_NUM_THREADS=1 python -m pytest tests/models/test_west_learns.py tests/decode/test_recognize_ranks.py "
         "tests/recipes/test_west_recipe.py -m slow -q": Skip(SUITE),
-        "python benchmarks/west_packing.py --batches 3": Skip(BENCH),
+        "python benchmarks/west_packing.py --batches 4": Skip(BENCH),
         "python recipes/west/train.py --config recipes/west/conf/tiny_context_rare.yaml --out exp/west_rare": Skip(
             "1200 training steps, about 70 min on 2 cores; tests/recipes/test_west_recipe.py builds the config"),
         "python benchmarks/west_context.py --west exp/west_rare --out exp/west_rare/context": Skip(
