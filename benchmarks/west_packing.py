@@ -67,13 +67,14 @@ def main():
         cfg = LoaderConfig(shards=["general-train"], max_batch_seconds=args.max_batch_seconds, max_batch_size=16,
                            buckets=list(buckets), seed=0, num_workers=0)
         loader = build_loader(cfg, steps=[tokenize("targets", model.prompt.target)])
-        sums = {"padded": 0.0, "block": 0.0, "packed": 0.0, "tokens": 0, "llm_padding": 0.0}
+        sums = {**dict.fromkeys(MODES, 0.0), "tokens": 0, "llm_padding": 0.0}
         for i, batch in enumerate(loader):
             if i > args.batches:
                 break
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             times, outs = {}, {}
-            for mode in MODES[i % 3:] + MODES[:i % 3]:  # each mode goes first in turn
+            first = i % len(MODES)  # each mode goes first in turn
+            for mode in MODES[first:] + MODES[:first]:
                 times[mode], outs[mode] = step(model, batch, mode, device)
             ref = float(outs["padded"]["loss"].detach())
             for mode in MODES:
@@ -93,6 +94,7 @@ def main():
         rates = ", ".join(f"{m} {sums['tokens'] / sums[m]:.1f}" for m in MODES)
         print(f"{plan}: mean LLM padding {100 * sums['llm_padding'] / n:.1f}%; target tokens/s {rates} "
               f"(packed/padded x{sums['padded'] / sums['packed']:.2f}, block/padded x{sums['padded'] / sums['block']:.2f})")
+
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

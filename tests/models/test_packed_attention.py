@@ -90,10 +90,10 @@ def test_a_packed_model_decodes_a_padded_batch_like_its_unpacked_twin(spy):
     assert packed.llm.config._attn_implementation == PACKED_SDPA
     runs = {}
     for name, m in (("plain", plain), ("packed", packed)):
-        step = LLMStep(m.llm, m.prompt_inputs(batch["audio"], batch["audio_lens"]))
-        runs[name] = (greedy(step, [8] * 3, m.prompt.stop_ids),
-                      beam_search(LLMStep(m.llm, m.prompt_inputs(batch["audio"], batch["audio_lens"])),
-                                  [8] * 3, m.prompt.stop_ids, 3))
+        def step():
+            return LLMStep(m.llm, m.prompt_inputs(batch["audio"], batch["audio_lens"]))
+        runs[name] = (greedy(step(), [8] * 3, m.prompt.stop_ids),
+                      beam_search(step(), [8] * 3, m.prompt.stop_ids, 3))
     assert spy and set(spy) == {None}  # the packed model's attention ran, without boundaries
     for got, want in zip(runs["packed"], runs["plain"]):
         assert got == want  # ids and budget cuts
