@@ -19,6 +19,8 @@
 #   WESTKIT_SLURM_CPUS   CPUs per node (default 1)
 #   WESTKIT_SLURM_PORT   slurmctld port; node K listens on PORT+K (default 17000)
 set -euo pipefail
+# the daemons and runuser are in sbin, which a minimal PATH (env -i, cron, some CI runners) lacks
+export PATH="$PATH:/usr/sbin:/sbin"
 
 dir=${WESTKIT_SLURM_DIR:-/tmp/westkit-slurm}
 nodes=${WESTKIT_SLURM_NODES:-2}
